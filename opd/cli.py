@@ -1,36 +1,44 @@
 """The ``opd`` console script: list what is registered and run the suite's steps.
 
-Sub-commands are thin: they parse arguments, load a validated config and call the library.
+Each sub-command lives in its own module under ``opd.commands`` with ``add_parser(sub)`` and
+``run(args) -> int``; the modules are discovered, so adding a command is adding a file. Commands
+are thin: they parse arguments, load the validated config and call the library.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-
-def _cmd_ls(args: argparse.Namespace) -> int:
-    from opd import registry
-
-    for reg in (registry.SAMPLERS, registry.OBJECTIVES, registry.SCORERS, registry.METHODS):
-        names = reg.names()
-        print(f"{reg.kind}s: {', '.join(names) if names else '(none)'}")
-    return 0
+import opd.commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ls", help="list registered samplers, objectives, scorers and methods")
-    p.set_defaults(func=_cmd_ls)
+    parser = argparse.ArgumentParser(prog="opd", description="DiffusionOPD reproduction suite")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(opd.commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"opd.commands.{info.name}")
+        p = module.add_parser(sub)
+        p.set_defaults(func=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from opd.config import ConfigError
+    from opd.registry import UnknownNameError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UnknownNameError) as err:
+        print(f"opd {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""Multi-task RL with GRPO-Guard: one model, task batches alternating round-robin.
+
+Each optimizer step draws one task's prompts (the same curriculum as DiffusionOPD) and scores
+them with that task's own reward. Default budget: at least the teachers' plus OPD's compute.
+"""
+
+import dataclasses
+
+from opd.registry import METHODS
+from opd.training.rl import GRPOConfig, GRPOGuard
+
+
+@dataclasses.dataclass
+class MultitaskGRPOGuardConfig(GRPOConfig):
+    steps: int = 60
+
+
+@METHODS.register("multitask_grpo_guard")
+class MultitaskGRPOGuard(GRPOGuard):
+    Config = MultitaskGRPOGuardConfig

@@ -1,0 +1,245 @@
+"""Configuration as validated data: profile files, overrides, schema checks, method configs.
+
+A profile (``config/profiles/<name>.yaml``) is deep-merged over ``config/defaults.yaml`` and then
+over user overrides (Snakemake ``--config`` or CLI ``--set key=value``), and validated against
+``schemas/config.schema.json`` before anything runs. Method sections are validated again by the
+registered method's config dataclass, so an unknown or ill-typed key is reported with its full
+path. :func:`config_hash` gives the stable hash that checkpoints record.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.json"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, others replace)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file is not UTF-8: {path} ({err})") from None
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML) into a key path and a value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    return key.split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(cfg: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    for item in items:
+        path, value = parse_override(item)
+        node = cfg
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+        node[path[-1]] = value
+    return cfg
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: list[str] | None = None,
+    config_dir: Path = CONFIG_DIR,
+) -> dict[str, Any]:
+    """Load, merge and validate the configuration of ``profile`` (default: ``mini``)."""
+    overrides = dict(overrides or {})
+    profile = profile or overrides.get("profile") or "mini"
+    profile_path = config_dir / "profiles" / f"{profile}.yaml"
+    if not profile_path.exists():
+        known = sorted(p.stem for p in (config_dir / "profiles").glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(known)}")
+    cfg = deep_merge(_read_yaml(config_dir / "defaults.yaml"), _read_yaml(profile_path))
+    cfg = deep_merge(cfg, overrides)
+    cfg["profile"] = profile
+    cfg = apply_overrides(cfg, list(set_items or []))
+    fill_paths(cfg)
+    validate_config(cfg)
+    return cfg
+
+
+def fill_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Default artifact locations under ``results/<profile>`` (relative to the working dir)."""
+    paths = cfg.setdefault("paths", {})
+    root = paths.setdefault("results", f"results/{cfg['profile']}")
+    paths.setdefault("world", f"{root}/world")
+    paths.setdefault("scorers", f"{root}/scorers")
+    paths.setdefault("base", f"{root}/base")
+    return cfg
+
+
+def load_resolved(path: Path, set_items: list[str] | None = None) -> dict[str, Any]:
+    """Load a resolved config file (as written by the workflow) and validate it again."""
+    cfg = apply_overrides(_read_yaml(Path(path)), list(set_items or []))
+    fill_paths(cfg)
+    validate_config(cfg)
+    return cfg
+
+
+def write_resolved(cfg: dict[str, Any], path: Path) -> bool:
+    """Write ``cfg`` as YAML unless the file already holds the same content (keeps mtimes)."""
+    text = yaml.safe_dump(cfg, sort_keys=True)
+    path = Path(path)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def _format_path(path: typing.Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Validate against the JSON schema, then every method section against its dataclass."""
+    import jsonschema
+
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_format_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    from opd.registry import METHODS
+
+    for run_name, section in (cfg.get("methods") or {}).items():
+        section = dict(section or {})
+        method = section.pop("method", run_name)
+        try:
+            cls = METHODS.get(method)
+        except KeyError as err:
+            raise ConfigError(f"methods.{run_name}: {err}") from None
+        build_dataclass(cls.Config, section, f"methods.{run_name}")
+    for task, section in (cfg.get("tasks") or {}).items():
+        teacher = section.get("teacher", {}).get("method")
+        if teacher is not None:
+            try:
+                METHODS.get(teacher)
+            except KeyError as err:
+                raise ConfigError(f"tasks.{task}.teacher.method: {err}") from None
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        items = [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_dataclass(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
+    """Build ``cls`` from ``data``; unknown keys and ill-typed values name their path."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return obj
+
+
+def config_hash(cfg: Any) -> str:
+    """A stable short hash of a JSON-serialisable config (dataclasses allowed)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,159 @@
+"""The method interface of the shared trainer: a config dataclass, a run context, a step.
+
+Every algorithm (teachers' RL, DiffusionOPD, baselines, ablations) is a :class:`Method`
+subclass registered in ``opd.registry.METHODS``. The shared loop (``opd.training.loop``) owns
+everything around a step: the student adapter, optimizer, EMA, checkpoints, compute and logs.
+A method only says how one optimizer step's loss is made (``step``) and which extra tensors it
+must keep across a resume (``extra_state``). All randomness is keyed by (seed, iteration, task),
+so a resumed run repeats an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from opd.training.compute import ComputeCounter
+
+STUDENT = "student"
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Fields shared by every method; subclasses add their own (all validated from YAML)."""
+
+    tasks: list[str] | None = None  # tasks this run trains on; None = every task of the profile
+    steps: int = 20  # optimizer steps
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9
+    ema_every: int = 8
+    checkpoint_every: int = 10
+    prompts_per_task: int = 8
+    guidance: float | None = None  # student CFG in rollouts and training (None: profile's)
+    eval_guidance: float | None = None  # CFG at evaluation (None: profile's eval guidance)
+    num_steps: int | None = None  # rollout steps (None: profile's sampling.num_steps)
+    train_steps: int | None = None  # the first k steps are trained (None: num_steps - 1)
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "prompts_per_task", "checkpoint_every", "ema_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+
+
+def keyed_seed(*parts: int | str) -> int:
+    """A 63-bit seed from a tuple of ints/strings (stable across processes and platforms)."""
+    blob = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 1
+
+
+@dataclasses.dataclass
+class TaskData:
+    """One task's prompt set and training reward."""
+
+    name: str
+    prompts: list[str]
+    metadata: list[dict[str, Any]]
+    reward: Callable[[np.ndarray, list[str], list[dict]], np.ndarray]
+    teacher_guidance: float = 1.0
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a method may use: the model, the profile config, tasks, teachers, compute."""
+
+    model: Any  # opd.models.FlowModel
+    profile: dict[str, Any]
+    seed: int
+    tasks: dict[str, TaskData]
+    compute: ComputeCounter
+    teachers: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> adapter name
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    _embed_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def sample_prompts(
+        self, task: str, n: int, iteration: int, repeat: int = 1
+    ) -> tuple[list[str], list[dict], np.ndarray]:
+        """``n`` training prompts of ``task`` keyed by (seed, iteration, task), each repeated.
+
+        Returns prompts, metadata and the group id of each sample (for group advantages).
+        """
+        data = self.tasks[task]
+        rng = np.random.default_rng(keyed_seed(self.seed, iteration, task, "prompts"))
+        idx = rng.choice(len(data.prompts), size=n, replace=len(data.prompts) < n)
+        idx = np.repeat(idx, repeat)
+        groups = np.repeat(np.arange(n), repeat)
+        return [data.prompts[i] for i in idx], [data.metadata[i] for i in idx], groups
+
+    def embed(self, prompts: Sequence[str]) -> Any:
+        """Prompt embeddings with a per-prompt cache (text encoders are frozen)."""
+        from opd.models import PromptEmbeds
+
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._embed_cache]
+        if missing:
+            emb = self.model.encode_prompts(list(missing))
+            for i, p in enumerate(missing):
+                self._embed_cache[p] = emb.index(slice(i, i + 1))
+        return PromptEmbeds.cat([self._embed_cache[p] for p in prompts])
+
+
+class Method:
+    """Base class: subclasses set ``Config`` and implement :meth:`step`."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: the adapter the optimizer trains (None: the method trains nothing, e.g. a merge)
+    trainable: ClassVar[str | None] = STUDENT
+    #: whether the method needs the frozen teachers of its tasks
+    needs_teachers: ClassVar[bool] = False
+
+    def __init__(self, ctx: RunContext, cfg: MethodConfig) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        sampling = ctx.profile["sampling"]
+        self.num_steps = cfg.num_steps or int(sampling["num_steps"])
+        self.train_steps = cfg.train_steps or max(self.num_steps - 1, 1)
+        self.guidance = float(cfg.guidance if cfg.guidance is not None else sampling["guidance"])
+        self.shift = float(sampling.get("shift", 3.0))
+        self.task_names = list(cfg.tasks or ctx.tasks)
+        unknown = [t for t in self.task_names if t not in ctx.tasks]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(ctx.tasks)}")
+
+    @property
+    def model(self) -> Any:
+        return self.ctx.model
+
+    def setup(self) -> None:
+        """Called once after the student adapter exists and before resume."""
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """Accumulate gradients of one optimizer step into the trainable adapter."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, iteration: int) -> None:
+        """Hook after each optimizer step (e.g. NFT's soft update of the sampling policy)."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors besides the student, EMA and optimizer that a resume needs."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def stage_of(self, iteration: int) -> str:
+        """The stage label recorded with each step (cascade RL overrides it)."""
+        return "train"

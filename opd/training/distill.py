@@ -1,0 +1,190 @@
+"""DiffusionOPD and its distillation ablations as registered methods.
+
+- ``opd`` (the method): round-robin over tasks within one optimizer step; for each task the
+  *student* rolls out its own trajectories (no grad, student CFG), the frozen teacher of that
+  task gives its transition mean at the same student states (teacher CFG), and the per-step
+  loss is the closed-form KL (SDE, noise level a > 0) or the mean-matching ODE loss (a = 0, the
+  default) on the first ``train_steps`` steps. Hard routing, no reward, no KL to the base.
+- ``opd_ppo``: the PPO-style estimator of the same objective (advantage = -KL, not detached).
+- ``opd_logratio``: the LLM-style estimator, REINFORCE on the sampled log-ratio.
+- ``sft_distill``: off-policy SFT: the student learns flow matching on teacher samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from opd import objectives as obj
+from opd.registry import METHODS
+from opd.sampling import gaussian_log_prob, sde_step, step_noise
+from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
+from opd.training.rollouts import roll, sampler_for
+
+
+@dataclasses.dataclass
+class OPDConfig(MethodConfig):
+    noise_level: float = 0.0  # 0: the ODE objective (paper Eq. 12); > 0: closed-form KL (Eq. 11)
+    prompts_per_task: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        if self.noise_level < 0:
+            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+
+
+@METHODS.register("opd")
+class DiffusionOPD(Method):
+    """On-policy distillation from per-task teachers (the paper's method)."""
+
+    Config = OPDConfig
+    needs_teachers = True
+
+    def setup(self) -> None:
+        missing = [t for t in self.task_names if t not in self.ctx.teachers]
+        if missing:
+            raise FileNotFoundError(
+                f"{type(self).__name__} needs a teacher adapter for task(s) {missing}"
+            )
+
+    def per_step_loss(self, out_s, mean_t, std, log_prob_t) -> torch.Tensor:
+        """Per-sample loss of one step (overridden by the estimator ablations)."""
+        return obj.opd_loss(out_s.mean, mean_t, std if self.cfg.noise_level > 0 else None)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        a = cfg.noise_level
+        sampler = sampler_for(a)
+        logs: dict[str, float] = {}
+        for task in self.task_names:
+            batch = roll(
+                self,
+                task,
+                iteration,
+                n_prompts=cfg.prompts_per_task,
+                sampler=sampler,
+                adapter=STUDENT,
+                guidance=self.guidance,
+            )
+            teacher = self.ctx.teachers[task]
+            g_t = self.ctx.tasks[task].teacher_guidance
+            traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
+            total = 0.0
+            for j in range(self.train_steps):
+                x, x_next = traj.states[j], traj.states[j + 1]
+                t, t_next = float(grid[j]), float(grid[j + 1])
+                with torch.no_grad():
+                    v_t = model.velocity(x, t, batch.embeds, guidance_scale=g_t, adapter=teacher)
+                    out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next if a > 0 else None)
+                compute.forward(n, g_t)
+                v_s = model.velocity(x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT)
+                out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next if a > 0 else None)
+                compute.forward(n, self.guidance, grad=True)
+                loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)
+                loss = loss.mean() / len(self.task_names)
+                loss.backward()
+                total += float(loss)
+            logs[f"{task}/loss"] = total
+        return logs
+
+
+@dataclasses.dataclass
+class OPDPPOConfig(OPDConfig):
+    noise_level: float = 0.7
+    clip_range: float = 0.2
+    log_prob: str = "sum"  # "sum": the true density; "mean": Flow-GRPO's element mean
+
+    def validate(self) -> None:
+        super().validate()
+        if self.noise_level <= 0:
+            raise ValueError("the PPO-style estimator needs a stochastic kernel (noise_level > 0)")
+        if self.log_prob not in ("sum", "mean"):
+            raise ValueError(f"log_prob must be 'sum' or 'mean', got {self.log_prob!r}")
+
+
+@METHODS.register("opd_ppo")
+class OPDPPO(DiffusionOPD):
+    """PPO-style estimator of the OPD objective (paper Sec. 3.3), the closed form's ablation."""
+
+    Config = OPDPPOConfig
+
+    def per_step_loss(self, out_s, mean_t, std, log_prob_t) -> torch.Tensor:
+        x_next = out_s.prev_sample
+        reduce = self.cfg.log_prob
+        logp = gaussian_log_prob(x_next, out_s.mean, out_s.std, reduce=reduce)
+        kl = obj.opd_loss(out_s.mean, mean_t, std)
+        if reduce == "sum":
+            kl = kl * out_s.mean[0].numel()
+        return obj.ppo_opd_surrogate(logp, logp.detach(), kl, self.cfg.clip_range)
+
+
+@METHODS.register("opd_logratio")
+class OPDLogRatio(DiffusionOPD):
+    """LLM-style estimator: REINFORCE on the sampled per-step log-ratio log p_T - log p_S."""
+
+    Config = OPDPPOConfig
+
+    def per_step_loss(self, out_s, mean_t, std, log_prob_t) -> torch.Tensor:
+        x_next = out_s.prev_sample
+        reduce = self.cfg.log_prob
+        logp_s = gaussian_log_prob(x_next, out_s.mean, out_s.std, reduce=reduce)
+        logp_t = gaussian_log_prob(x_next, mean_t, out_s.std, reduce=reduce)
+        return obj.logratio_reinforce(logp_s, logp_t)
+
+
+@dataclasses.dataclass
+class SFTConfig(MethodConfig):
+    samples_per_prompt: int = 1
+    noisings: int = 4
+
+
+@METHODS.register("sft_distill")
+class SFTDistill(Method):
+    """Off-policy distillation: flow matching on the teachers' own ODE samples."""
+
+    Config = SFTConfig
+    needs_teachers = True
+
+    def setup(self) -> None:
+        DiffusionOPD.setup(self)  # type: ignore[arg-type]
+
+    def step(self, iteration: int) -> dict[str, float]:
+        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        logs: dict[str, float] = {}
+        for task in self.task_names:
+            teacher = self.ctx.teachers[task]
+            batch = roll(
+                self,
+                task,
+                iteration,
+                n_prompts=cfg.prompts_per_task,
+                group_size=cfg.samples_per_prompt,
+                sampler=sampler_for(0.0),
+                adapter=teacher,
+                guidance=self.ctx.tasks[task].teacher_guidance,
+                stream="teacher",
+            )
+            x0 = batch.traj.states[-1]
+            n = x0.shape[0]
+            rng = np.random.default_rng(keyed_seed(self.ctx.seed, iteration, task, "sft_t"))
+            total = 0.0
+            for k in range(cfg.noisings):
+                t = torch.as_tensor(rng.uniform(0.0, 1.0, size=n), dtype=torch.float32)
+                eps = step_noise(
+                    keyed_seed(self.ctx.seed, iteration, task, "sft_eps") % (2**62),
+                    k,
+                    list(range(n)),
+                    tuple(x0.shape[1:]),
+                )
+                tb = t.view(-1, *([1] * (x0.dim() - 1)))
+                xt = (1 - tb) * x0 + tb * eps
+                v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
+                compute.forward(n, 1.0, grad=True)
+                loss = ((v - (eps - x0)) ** 2).flatten(1).mean(1).mean()
+                loss = loss / (cfg.noisings * len(self.task_names))
+                loss.backward()
+                total += float(loss)
+            logs[f"{task}/loss"] = total
+        return logs

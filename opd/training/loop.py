@@ -1,0 +1,267 @@
+"""The one shared training loop: student adapter, optimizer, EMA, checkpoints, logs, resume.
+
+``train_run`` builds the run context (base model, tasks, rewards, frozen teachers as named
+adapters), instantiates the registered method, resumes from the last complete checkpoint if
+there is one (refusing a checkpoint written under another config unless asked), and then runs
+optimizer steps with a progress bar. Every ``checkpoint_every`` steps and at the end it writes
+an atomic checkpoint with the student, EMA and optimizer state, the method's extra state and the
+compute counters, and appends the step metrics to ``metrics.csv`` (rows past the resumed step are
+dropped first, so a resumed run's log equals an uninterrupted one's).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from opd.config import build_dataclass, config_hash
+from opd.registry import METHODS
+from opd.training import checkpoint as ckpt
+from opd.training.base import STUDENT, Method, RunContext, keyed_seed
+from opd.training.compute import ComputeCounter
+
+METRIC_FIELDS = ["step", "stage", "task", "metric", "value"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf in a loss, reward or gradient; the message names the step and component."""
+
+
+def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any, dict]:
+    """The method class, its validated config and the raw section of run ``run``."""
+    section = dict((profile.get("methods") or {}).get(run) or {})
+    if run in profile.get("methods", {}):
+        name = section.pop("method", run)
+    else:  # a teacher run: "teacher_<task>"
+        task = run.removeprefix("teacher_")
+        if not run.startswith("teacher_") or task not in profile["tasks"]:
+            known = sorted(profile.get("methods", {}))
+            raise KeyError(f"unknown run {run!r}; known: {', '.join(known)} and teacher_<task>")
+        section = dict(profile["tasks"][task]["teacher"])
+        name = section.pop("method")
+        section.pop("guidance", None)
+        section.setdefault("tasks", [task])
+    cls = METHODS.get(name)
+    cfg = build_dataclass(cls.Config, section, f"methods.{run}")
+    return cls, cfg, {"method": name, **section}
+
+
+class EMA:
+    """Exponential moving average of the trainable adapter, updated every ``every`` steps."""
+
+    def __init__(self, params: dict[str, torch.Tensor], decay: float, every: int) -> None:
+        self.decay, self.every = decay, every
+        self.shadow = {k: v.detach().clone() for k, v in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.Tensor], iteration: int) -> None:
+        if (iteration + 1) % self.every:
+            return
+        for k, v in params.items():
+            self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+
+def _named_trainable(model: Any, adapter: str) -> dict[str, torch.nn.Parameter]:
+    return dict(model.adapter_named_parameters(adapter))
+
+
+def _check_finite(name: str, value: float, iteration: int) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteError(f"non-finite {name} ({value}) at step {iteration}")
+
+
+def _append_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop logged rows of steps after ``last_step`` (they will be recomputed)."""
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train_run(
+    profile: dict[str, Any],
+    run: str,
+    seed: int,
+    out_dir: Path,
+    teachers: dict[str, Path] | None = None,
+    *,
+    allow_config_change: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> Path:
+    """Train run ``run`` (a method entry of the profile or ``teacher_<task>``) with ``seed``.
+
+    ``teachers`` maps task -> adapter folder of its frozen teacher. ``max_steps`` stops early
+    (for tests of resume) without changing the schedule. Returns ``out_dir``.
+    """
+    from opd.training.context import build_context
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cls, cfg, section = resolve_method(profile, run)
+    compute = ComputeCounter()
+    ctx: RunContext = build_context(profile, seed, compute, teachers or {})
+    torch.manual_seed(keyed_seed(seed, run, "init"))
+    lora = profile["model"]["lora"]
+    method = cls(ctx, cfg)
+    model = ctx.model
+    if cls.trainable is not None:
+        model.add_adapter(
+            STUDENT,
+            rank=cfg.lora_rank or int(lora["rank"]),
+            alpha=float(cfg.lora_alpha or lora["alpha"]),
+        )
+        model.set_trainable(STUDENT)
+    method.setup()
+    chash = config_hash({"profile": _hashable(profile), "run": section, "seed": seed})
+    has_student = STUDENT in model.adapter_names()
+    params = _named_trainable(model, STUDENT) if has_student else {}
+    opt = (
+        torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if params and cls.trainable
+        else None
+    )
+    ema = EMA(params, cfg.ema_decay, cfg.ema_every)
+    ckpt_root = out_dir / "checkpoints"
+    metrics_path = out_dir / "metrics.csv"
+    start = 0
+    latest = ckpt.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        tensors, manifest = ckpt.load_checkpoint(latest)
+        if manifest.get("config_hash") != chash and not allow_config_change:
+            raise ckpt.CheckpointError(
+                f"{latest} was written under another configuration "
+                f"(hash {manifest.get('config_hash')} != {chash}); pass "
+                "--allow-config-change to resume anyway, or remove the run folder"
+            )
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors["student"][k])
+            for k in ema.shadow:
+                ema.shadow[k].copy_(tensors["ema"][k])
+        if opt is not None:
+            ckpt.optimizer_from_tensors(opt, tensors.get("optimizer", {}), manifest["optimizer"])
+        method.load_extra_state(tensors.get("extra", {}))
+        compute = ComputeCounter.from_dict(manifest["compute"])
+        ctx.compute = compute
+        start = int(manifest["step"])
+        _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    _write_run_info(out_dir, profile, run, section, seed, chash)
+    total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+
+    def save(step: int) -> None:
+        groups = {"student": dict(params), "ema": dict(ema.shadow)}
+        opt_meta: dict[str, Any] = {}
+        if opt is not None:
+            groups["optimizer"], opt_meta = ckpt.optimizer_to_tensors(opt)
+        extra = method.extra_state()
+        if extra:
+            groups["extra"] = extra
+        ckpt.save_checkpoint(
+            ckpt_root,
+            step,
+            groups,
+            {
+                "config_hash": chash,
+                "run": run,
+                "method": section["method"],
+                "seed": seed,
+                "stage": method.stage_of(max(step - 1, 0)),
+                "compute": compute.as_dict(),
+                "optimizer": opt_meta,
+                "adapter": model.adapter_info(STUDENT) if has_student else None,
+            },
+        )
+
+    if start == 0 and latest is None:
+        save(0)  # the initial student: evaluations start from it
+    bar = tqdm(
+        total=total, initial=start, desc=f"{run}/seed{seed}", disable=not progress, leave=False
+    )
+    for it in range(start, total):
+        compute.start()
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        logs = method.step(it)
+        for key, value in logs.items():
+            _check_finite(key, float(value), it)
+        if opt is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip))
+            _check_finite("grad_norm", grad_norm, it)
+            logs["grad_norm"] = grad_norm
+            opt.step()
+            ema.update(params, it)
+        method.after_optimizer_step(it)
+        compute.stop()
+        stage = method.stage_of(it)
+        rows = [
+            {"step": it + 1, "stage": stage, "task": k.split("/")[0] if "/" in k else "all",
+             "metric": k.split("/")[-1], "value": f"{float(v):.6g}"}
+            for k, v in logs.items()
+        ]
+        rows += [
+            {"step": it + 1, "stage": stage, "task": "all", "metric": k, "value": v}
+            for k, v in compute.as_dict().items()
+        ]
+        _append_metrics(metrics_path, rows)
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(logs.items())[:3]})
+        step = it + 1
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    bar.close()
+    if total == cfg.steps:
+        (out_dir / "DONE").write_text(json.dumps(compute.as_dict()) + "\n")
+    return out_dir
+
+
+def _hashable(profile: dict[str, Any]) -> dict[str, Any]:
+    """The parts of the profile that change what a run computes (paths and threads excluded)."""
+    return {k: v for k, v in profile.items() if k not in {"paths", "threads", "progress"}}
+
+
+def _write_run_info(
+    out_dir: Path, profile: dict, run: str, section: dict, seed: int, chash: str
+) -> None:
+    import diffusers
+    import transformers
+
+    info = {
+        "run": run,
+        "method": section,
+        "seed": seed,
+        "config_hash": chash,
+        "profile": profile,
+        "world_version": profile.get("world", {}).get("version"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (out_dir / "run.json").write_text(json.dumps(info, indent=1, default=str) + "\n")

@@ -1,0 +1,238 @@
+"""Single-task (and multi-task) RL pieces: Flow-GRPO, GRPO-Guard and DiffusionNFT.
+
+Each is a registered :class:`~opd.training.base.Method`. The multi-task and cascade baselines in
+``baselines/`` reuse these classes and only change which task each optimizer step draws.
+
+- ``grpo``: groups of G samples per prompt from the Flow-GRPO SDE (a = 0.7), group-normalised
+  advantages clipped to +-5, PPO-clipped ratio on element-mean log-probs (on-policy: ratio 1),
+  KL to the base model ``||mu - mu_ref||^2 / (2 sigma_t^2)`` with weight ``beta``.
+- ``grpo_guard``: the same with GRPO-Guard's two fixes: the log-ratio bias is added back and
+  normalised per step (``opd.objectives.guard_log_ratio``) and each step is weighted by 1/h.
+- ``nft``: DiffusionNFT: deterministic CFG-free rollouts of the sampling policy ("old"
+  adapter), then the positive/negative velocity mixture on fresh forward noisings of the clean
+  samples, errors in x0 space normalised by their stop-gradient mean, and a soft update of the
+  sampling policy ``old <- eta old + (1 - eta) student`` with ``eta_i = min(0.001 i, 0.5)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from opd import objectives as obj
+from opd.registry import METHODS
+from opd.sampling import sde_step, step_noise
+from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
+from opd.training.rollouts import Batch, roll, sampler_for
+
+
+@dataclasses.dataclass
+class GRPOConfig(MethodConfig):
+    group_size: int = 8
+    noise_level: float = 0.7
+    clip_range: float = 1e-4
+    beta: float = 0.04  # KL to the base model
+    adv_clip: float = 5.0
+    std_mode: str = "group"  # "group" or "global" (the shipped configs' whole-batch std)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
+        if self.noise_level <= 0:
+            raise ValueError("GRPO needs a stochastic sampler: noise_level must be > 0")
+        if self.std_mode not in ("group", "global"):
+            raise ValueError(f"std_mode must be 'group' or 'global', got {self.std_mode!r}")
+
+
+class _RLMethod(Method):
+    """Shared helpers: which task an iteration trains, advantages, per-task rewards."""
+
+    def tasks_of(self, iteration: int) -> list[str]:
+        """Tasks whose batches feed optimizer step ``iteration`` (round-robin by default)."""
+        return [self.task_names[iteration % len(self.task_names)]]
+
+    def reward_batch(self, task: str, iteration: int, sampler, guidance: float, adapter: str):
+        return roll(
+            self,
+            task,
+            iteration,
+            n_prompts=self.cfg.prompts_per_task,
+            group_size=self.cfg.group_size,
+            sampler=sampler,
+            adapter=adapter,
+            guidance=guidance,
+            score=True,
+        )
+
+    def advantages(self, batch: Batch) -> torch.Tensor:
+        adv = obj.group_advantages(
+            torch.as_tensor(batch.rewards, dtype=torch.float32),
+            torch.as_tensor(batch.groups),
+            clip=self.cfg.adv_clip,
+            std_mode=getattr(self.cfg, "std_mode", "group"),
+        )
+        return adv
+
+
+@METHODS.register("grpo")
+class FlowGRPO(_RLMethod):
+    """Flow-GRPO on the tasks of the run (one task for a teacher)."""
+
+    Config = GRPOConfig
+    guard = False
+
+    def step(self, iteration: int) -> dict[str, float]:
+        cfg = self.cfg
+        model, compute = self.model, self.ctx.compute
+        logs: dict[str, float] = {}
+        tasks = self.tasks_of(iteration)
+        sampler = sampler_for(cfg.noise_level)
+        for task in tasks:
+            batch = self.reward_batch(task, iteration, sampler, self.guidance, STUDENT)
+            adv = self.advantages(batch)
+            traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
+            total = 0.0
+            kl_total = 0.0
+            for j in range(self.train_steps):
+                x, x_next = traj.states[j], traj.states[j + 1]
+                t, t_next = float(grid[j]), float(grid[j + 1])
+                v = model.velocity(x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT)
+                out = sde_step(x, v, t, t_next, cfg.noise_level, prev_sample=x_next)
+                old = traj.log_probs[j]
+                if self.guard:
+                    log_ratio = obj.guard_log_ratio(
+                        out.log_prob, old, out.mean, traj.means[j], out.std
+                    )
+                    loss = obj.grpo_clipped_loss_from_log_ratio(log_ratio, adv, cfg.clip_range)
+                    loss = loss / (t - t_next)
+                else:
+                    loss = obj.grpo_clipped_loss(out.log_prob, old, adv, cfg.clip_range)
+                if cfg.beta > 0:
+                    with torch.no_grad():
+                        v_ref = model.velocity(
+                            x, t, batch.embeds, guidance_scale=self.guidance, adapter=None
+                        )
+                        mean_ref = sde_step(x, v_ref, t, t_next, cfg.noise_level).mean
+                    compute.forward(n, self.guidance)
+                    sigma_t = out.std / (t - t_next) ** 0.5
+                    kl = ((out.mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * sigma_t**2)
+                    loss = loss + cfg.beta * kl
+                    kl_total += float(kl.mean())
+                loss = loss.mean() / (self.train_steps * len(tasks))
+                loss.backward()
+                compute.forward(n, self.guidance, grad=True)
+                total += float(loss)
+            logs[f"{task}/reward"] = float(np.mean(batch.rewards))
+            logs[f"{task}/loss"] = total
+            logs[f"{task}/kl"] = kl_total / self.train_steps
+        return logs
+
+
+@METHODS.register("grpo_guard")
+class GRPOGuard(FlowGRPO):
+    """GRPO-Guard: de-biased, per-step normalised log-ratio and 1/h step weights."""
+
+    guard = True
+
+
+@dataclasses.dataclass
+class NFTConfig(MethodConfig):
+    group_size: int = 8
+    beta_mix: float = 1.0  # b: 1 for one reward, 0.1 for several
+    adv_clip: float = 5.0
+    noisings: int = 2  # forward noisings per clean sample and step
+    reg: float = 1e-4  # ||v_theta - v_ref||^2
+    eta_rate: float = 0.001
+    eta_max: float = 0.5
+    sampler: str = "dpm2m"  # deterministic 2nd-order rollouts
+    guidance: float | None = 1.0  # CFG-free
+    eval_guidance: float | None = 1.0
+    std_mode: str = "group"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.beta_mix <= 1:
+            raise ValueError(f"beta_mix must be in (0, 1], got {self.beta_mix}")
+
+
+@METHODS.register("nft")
+class DiffusionNFT(_RLMethod):
+    """DiffusionNFT with a soft-updated sampling policy kept as the ``old`` adapter."""
+
+    Config = NFTConfig
+    OLD = "nft_old"
+
+    def setup(self) -> None:
+        lora = self.ctx.profile["model"]["lora"]
+        self.model.add_adapter(
+            self.OLD,
+            rank=self.cfg.lora_rank or int(lora["rank"]),
+            alpha=float(self.cfg.lora_alpha or lora["alpha"]),
+        )
+        self.model.load_adapter_state_dict(self.OLD, self.model.adapter_state_dict(STUDENT))
+        self.model.set_trainable(STUDENT)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        b = cfg.beta_mix
+        logs: dict[str, float] = {}
+        tasks = self.tasks_of(iteration)
+        sampler = sampler_for(0.0, cfg.sampler)
+        for task in tasks:
+            batch = self.reward_batch(task, iteration, sampler, self.guidance, self.OLD)
+            adv = self.advantages(batch)
+            r = 0.5 + adv.clamp(-cfg.adv_clip, cfg.adv_clip) / (2 * cfg.adv_clip)
+            x0 = batch.traj.states[-1]
+            n = x0.shape[0]
+            grid = batch.grid[: self.train_steps]
+            rng = np.random.default_rng(keyed_seed(self.ctx.seed, iteration, task, "nft_t"))
+            total = 0.0
+            count = cfg.noisings * len(grid)
+            for k in range(count):
+                t = grid[torch.as_tensor(rng.integers(0, len(grid), size=n))].clamp(1e-3, 1.0)
+                eps = step_noise(
+                    keyed_seed(self.ctx.seed, iteration, task, "nft_eps") % (2**62),
+                    k,
+                    list(range(n)),
+                    tuple(x0.shape[1:]),
+                )
+                tb = t.view(-1, *([1] * (x0.dim() - 1)))
+                xt = (1 - tb) * x0 + tb * eps
+                v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
+                with torch.no_grad():
+                    v_old = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=self.OLD)
+                    v_ref = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=None)
+                compute.forward(n, 1.0, grad=True)
+                compute.forward(2 * n, 1.0)
+                v_pos = (1 - b) * v_old + b * v
+                v_neg = (1 + b) * v_old - b * v
+                loss = 0.0
+                for weight, vv in ((r, v_pos), (1 - r, v_neg)):
+                    err = (xt - tb * vv) - x0
+                    scale = err.detach().abs().flatten(1).mean(1).clamp_min(1e-6)
+                    loss = loss + weight * (err**2).flatten(1).mean(1) / scale
+                loss = (5.0 / b) * loss + cfg.reg * ((v - v_ref) ** 2).flatten(1).mean(1)
+                loss = loss.mean() / (count * len(tasks))
+                loss.backward()
+                total += float(loss)
+            logs[f"{task}/reward"] = float(np.mean(batch.rewards))
+            logs[f"{task}/loss"] = total
+        return logs
+
+    @torch.no_grad()
+    def after_optimizer_step(self, iteration: int) -> None:
+        eta = min(self.cfg.eta_rate * (iteration + 1), self.cfg.eta_max)
+        student = dict(self.model.adapter_named_parameters(STUDENT))
+        for name, p_old in self.model.adapter_named_parameters(self.OLD):
+            p_old.mul_(eta).add_(student[name], alpha=1 - eta)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.adapter_named_parameters(self.OLD)}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.model.adapter_named_parameters(self.OLD):
+                p.copy_(tensors[name])

@@ -1,0 +1,85 @@
+"""Rollouts of a batch of one task's prompts, shared by every method.
+
+A :class:`Batch` bundles the prompts, their embeddings, the sampled trajectory, the decoded
+images and (optionally) the task reward. Rollout noise is keyed by (seed, iteration, task,
+stream), and the model evaluations are counted on the run's compute counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from opd.sampling import Trajectory, make_sampler, rollout, time_grid
+from opd.training.base import Method, keyed_seed
+
+
+@dataclasses.dataclass
+class Batch:
+    task: str
+    prompts: list[str]
+    metadata: list[dict[str, Any]]
+    groups: np.ndarray
+    embeds: Any
+    traj: Trajectory
+    grid: torch.Tensor
+    images: np.ndarray | None = None
+    rewards: np.ndarray | None = None
+
+
+def sampler_for(noise_level: float, name: str | None = None) -> Any:
+    """The Flow-GRPO SDE sampler at ``noise_level`` (0 is the Euler ODE) or a named one."""
+    if name is not None:
+        return make_sampler(name)
+    return make_sampler("flow_sde", noise_level=noise_level) if noise_level > 0 else make_sampler(
+        "ode"
+    )
+
+
+def roll(
+    method: Method,
+    task: str,
+    iteration: int,
+    *,
+    n_prompts: int,
+    group_size: int = 1,
+    sampler: Any,
+    adapter: str | None,
+    guidance: float,
+    stream: str = "rollout",
+    score: bool = False,
+    decode: bool | None = None,
+    num_steps: int | None = None,
+) -> Batch:
+    """Sample ``n_prompts`` x ``group_size`` trajectories of ``task`` with ``adapter`` (no grad)."""
+    ctx = method.ctx
+    model = ctx.model
+    prompts, metadata, groups = ctx.sample_prompts(task, n_prompts, iteration, group_size)
+    embeds = ctx.embed(prompts)
+    steps = num_steps or method.num_steps
+    grid = time_grid(steps, shift=method.shift)
+    n = len(prompts)
+    seed = keyed_seed(ctx.seed, iteration, task, stream) % (2**62)
+    with torch.no_grad():
+        traj = rollout(
+            model.velocity_fn(embeds, guidance_scale=guidance, adapter=adapter),
+            model.latent_shape(n)[1:],
+            grid,
+            sampler,
+            seed,
+            list(range(n)),
+        )
+    ctx.compute.forward(n * steps, guidance)
+    ctx.compute.samples += n
+    batch = Batch(task, prompts, metadata, groups, embeds, traj, grid)
+    if score or decode:
+        batch.images = model.decode(traj.states[-1])
+    if score:
+        rewards = np.asarray(ctx.tasks[task].reward(batch.images, prompts, metadata), float)
+        if not np.all(np.isfinite(rewards)):
+            raise FloatingPointError(f"non-finite reward for task {task!r} at step {iteration}")
+        batch.rewards = rewards
+    return batch
