@@ -162,7 +162,7 @@ def fit_preference(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     model.eval()
     return model, vocab, losses
 
@@ -218,7 +218,7 @@ def fit_contrastive(
             opt.step()
             with torch.no_grad():  # CLIP clamps the temperature at 100
                 model.logit_scale.clamp_(0.0, math.log(100.0))
-            losses.append(float(loss))
+            losses.append(loss.item())
     model.eval()
     return model, vocab, losses
 

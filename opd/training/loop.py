@@ -47,7 +47,10 @@ def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any
             raise KeyError(f"unknown run {run!r}; known: {', '.join(known)} and teacher_<task>")
         section = dict(profile["tasks"][task]["teacher"])
         name = section.pop("method")
-        section.pop("guidance", None)
+        guidance = section.pop("guidance", None)
+        if guidance is not None:  # the teacher's own CFG, in training and at evaluation
+            section.setdefault("guidance", guidance)
+            section.setdefault("eval_guidance", guidance)
         section.setdefault("tasks", [task])
     cls = METHODS.get(name)
     cfg = build_dataclass(cls.Config, section, f"methods.{run}")
@@ -234,7 +237,20 @@ def train_run(
             save(step)
     bar.close()
     if total == cfg.steps:
+        if has_student:  # the final EMA weights as a standalone adapter (teachers are loaded so)
+            with torch.no_grad():
+                live = {k: v.detach().clone() for k, v in params.items()}
+                for k, p in params.items():
+                    p.copy_(ema.shadow[k])
+                model.save_adapter(STUDENT, out_dir / "final")
+                for k, p in params.items():
+                    p.copy_(live[k])
         (out_dir / "DONE").write_text(json.dumps(compute.as_dict()) + "\n")
+        if progress:
+            print(
+                f"[opd] {run}/seed{seed}: {total} steps, {compute.model_evals} model evals, "
+                f"{compute.wall_seconds:.1f} s"
+            )
     return out_dir
 
 

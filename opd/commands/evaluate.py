@@ -1,0 +1,35 @@
+"""``opd evaluate``: score every checkpoint of a run (or the base model) on every benchmark."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from opd.commands._common import add_config_args, load, setup_threads
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoints (or --base) on the benchmarks")
+    add_config_args(p)
+    p.add_argument("--run-dir", type=Path, default=None)
+    p.add_argument("--run", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", action="store_true", help="evaluate the base model, with/without CFG")
+    p.add_argument("--out", type=Path, required=True, help="eval CSV to write")
+    p.add_argument("--samples", type=Path, default=None, help="npz of sample images to write")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from opd.evaluation import evaluate_base, evaluate_run
+
+    cfg = load(args)
+    setup_threads(cfg)
+    if args.base:
+        evaluate_base(cfg, args.out, args.samples)
+        return 0
+    if args.run_dir is None or args.run is None:
+        raise SystemExit("opd evaluate: --run-dir and --run are required unless --base is given")
+    evaluate_run(cfg, args.run_dir, args.run, args.seed, args.out, args.samples,
+                 progress=bool(cfg.get("progress", True)))
+    return 0

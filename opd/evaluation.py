@@ -1,0 +1,184 @@
+"""Evaluation of checkpoints on every benchmark column with fixed prompts and seeds.
+
+For each task that a benchmark column scores, the first ``eval.prompts_per_task`` test prompts
+are sampled with the deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation
+seed; the images are decoded and scored by every column on that prompt set. A column's value
+for one evaluation seed is the scorer's mean, or its own aggregate where it defines one (the
+compositional score is the mean of its six sub-task accuracies, as GenEval's overall). Every
+saved checkpoint of a run is evaluated (EMA weights), which gives the retention curves.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from opd.sampling import make_sampler, rollout, time_grid
+from opd.training import checkpoint as ckpt
+from opd.training.base import STUDENT
+
+EVAL_FIELDS = [
+    "run", "method", "seed", "stage", "step", "samples", "forward_evals", "backward_evals",
+    "model_evals", "wall_seconds", "column", "task", "eval_seed", "value", "n",
+]
+
+
+class Evaluator:
+    """Holds the test prompts, their embeddings and the scorers of one profile."""
+
+    def __init__(self, model: Any, profile: dict[str, Any]) -> None:
+        from opd.training.context import build_scorer, load_prompts
+
+        self.model = model
+        self.profile = profile
+        ev = profile["eval"]
+        self.grid = time_grid(int(ev["num_steps"]), shift=float(ev.get("shift", 3.0)))
+        self.seeds = [int(s) for s in ev["seeds"]]
+        n = int(ev["prompts_per_task"])
+        self.columns = profile["benchmarks"]
+        self.prompts: dict[str, tuple[list[str], list[dict]]] = {}
+        for spec in self.columns.values():
+            task = spec["task"]
+            if task not in self.prompts:
+                prompts, meta = load_prompts(task, "test", profile)
+                self.prompts[task] = (prompts[:n], meta[:n])
+        self.embeds = {t: model.encode_prompts(p) for t, (p, _) in self.prompts.items()}
+        self.scorers = {c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()}
+
+    @torch.no_grad()
+    def generate(self, task: str, adapter: str | None, guidance: float, seed: int) -> np.ndarray:
+        prompts, _ = self.prompts[task]
+        embeds = self.embeds[task]
+        traj = rollout(
+            self.model.velocity_fn(embeds, guidance_scale=guidance, adapter=adapter),
+            self.model.latent_shape(len(prompts))[1:],
+            self.grid,
+            make_sampler("ode"),
+            seed,
+            list(range(len(prompts))),
+        )
+        return self.model.decode(traj.states[-1])
+
+    def evaluate(
+        self, adapter: str | None, guidance: float, keep_samples: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Rows (column, task, eval_seed, value, n) and sample images of the first seed."""
+        rows: list[dict[str, Any]] = []
+        samples: dict[str, Any] = {}
+        for task, (prompts, meta) in self.prompts.items():
+            for k, seed in enumerate(self.seeds):
+                images = self.generate(task, adapter, guidance, seed)
+                if k == 0 and keep_samples:
+                    samples[task] = (images[:keep_samples], prompts[:keep_samples])
+                for column, spec in self.columns.items():
+                    if spec["task"] != task:
+                        continue
+                    scorer = self.scorers[column]
+                    scores = np.asarray(scorer(images, prompts, meta), dtype=np.float64)
+                    if not np.all(np.isfinite(scores)):
+                        raise FloatingPointError(f"scorer {spec['scorer']!r} returned non-finite")
+                    aggregate = getattr(scorer, "aggregate", None)
+                    value = float(aggregate(scores, meta)) if aggregate else float(scores.mean())
+                    rows.append(
+                        {"column": column, "task": task, "eval_seed": seed, "value": value,
+                         "n": len(scores)}
+                    )
+        return rows, samples
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _save_samples(path: Path | None, samples: dict[str, Any]) -> None:
+    if path is None or not samples:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = np.concatenate([im for im, _ in samples.values()])
+    prompts = [p for _, ps in samples.values() for p in ps]
+    tasks = [t for t, (_, ps) in samples.items() for _ in ps]
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, images=images, prompts=np.array(prompts), tasks=np.array(tasks))
+
+
+def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
+    """The CFG scale a run is evaluated at (its own ``eval_guidance`` or the profile's)."""
+    from opd.training.loop import resolve_method
+
+    _, cfg, _ = resolve_method(profile, run)
+    g = cfg.eval_guidance
+    return float(g if g is not None else profile["eval"]["guidance"])
+
+
+def evaluate_run(
+    profile: dict[str, Any],
+    run_dir: Path,
+    run: str,
+    seed: int,
+    out: Path,
+    samples_out: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Evaluate every checkpoint of ``run_dir`` and write the eval CSV ``out``."""
+    from opd.training.context import load_base_model
+
+    model = load_base_model(profile)
+    evaluator = Evaluator(model, profile)
+    guidance = eval_guidance_of(profile, run)
+    ckpts = ckpt.list_checkpoints(Path(run_dir) / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints under {run_dir}/checkpoints")
+    rows: list[dict[str, Any]] = []
+    created = False
+    for i, path in enumerate(tqdm(ckpts, desc=f"eval {run}/seed{seed}", disable=not progress)):
+        tensors, manifest = ckpt.load_checkpoint(path)
+        info = manifest.get("adapter") or {}
+        if not created:
+            model.add_adapter(STUDENT, rank=int(info["rank"]), alpha=float(info["alpha"]))
+            created = True
+        model.load_adapter_state_dict(STUDENT, tensors["ema"])
+        keep = 16 if i == len(ckpts) - 1 else 0
+        results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
+        if keep:
+            _save_samples(samples_out, samples)
+        base = {
+            "run": run, "method": manifest.get("method", run), "seed": seed,
+            "stage": manifest.get("stage", ""), "step": manifest["step"],
+            **{k: manifest["compute"].get(k, 0) for k in
+               ("samples", "forward_evals", "backward_evals", "model_evals", "wall_seconds")},
+        }
+        rows += [{**base, **r} for r in results]
+    _write_rows(Path(out), rows)
+    return Path(out)
+
+
+def evaluate_base(
+    profile: dict[str, Any], out: Path, samples_out: Path | None = None
+) -> Path:
+    """Evaluate the base model without and with CFG (the first two rows of Table 1)."""
+    from opd.training.context import load_base_model
+
+    model = load_base_model(profile)
+    evaluator = Evaluator(model, profile)
+    rows: list[dict[str, Any]] = []
+    for run, g in (("base_nocfg", 1.0), ("base_cfg", float(profile["eval"]["guidance"]))):
+        results, samples = evaluator.evaluate(None, g, keep_samples=16)
+        if run == "base_cfg":
+            _save_samples(samples_out, samples)
+        base = {"run": run, "method": "base", "seed": 0, "stage": "base", "step": 0,
+                "samples": 0, "forward_evals": 0, "backward_evals": 0, "model_evals": 0,
+                "wall_seconds": 0.0}
+        rows += [{**base, **r} for r in results]
+    _write_rows(Path(out), rows)
+    return Path(out)

@@ -1,0 +1,150 @@
+"""Held-out metrics of the mini world: scorers that no training run ever uses as its reward.
+
+They play the roles of the paper's held-out columns (LAION Aesthetic, ImageReward,
+UnifiedReward) and are registered in ``opd.registry.SCORERS``:
+
+``quality`` (analog of the LAION aesthetic predictor)
+    A hand-written, deterministic, pure-numpy image-quality score in [0, 1]:
+    ``noise * grid * clipping * (0.4 + 0.6 * mean(contrast, sharpness))`` where
+
+    - ``noise = exp(-sigma / 6)``, ``sigma`` a robust estimate of the pixel-noise standard deviation
+      (Immerkaer's Laplacian-difference operator on luminance, median-based so that sparse edges
+      do not count; clean renders give sigma ~ 0-2, grey levels 0-255);
+    - ``grid = exp(-g / 3)``, ``g`` the excess of pixel jumps across the 2-pixel patch boundaries of
+      the generators (even vs odd column / row differences), i.e. the patch-grid artefact that
+      reward hacking produces;
+    - ``clipping = 1 - min(1, 4 * f)``, ``f`` the fraction of channel values at 0 or 255
+      (over-saturated or blown-out colours; clean renders never clip);
+    - ``contrast = 1 - exp(-std(luminance) / 20)`` (RMS contrast);
+    - ``sharpness = clip(p99(|gradient|) / (0.5 * (p99 - p1 of luminance)), 0, 1)``: how steep the
+      steepest edges are relative to the image's range.
+
+    Adding noise to an image lowers it (tested); it never reads the prompt.
+``pref2`` (analog of ImageReward)
+    A second learned preference model, trained by :func:`opd.rewards.train_scorers.
+    train_all_scorers` on a different mixture of the hidden utilities (an equal mix of the
+    standardised ``pick`` and ``hps`` utilities, see ``PREF2_UTILITY``), with a different
+    architecture (wider towers, GELU) and seed. Raw logit, like ImageReward.
+``judge`` (analog of UnifiedReward)
+    A rule-based judge on a 1-5 scale combining prompt alignment and quality per prompt type:
+    ``1 + 4 * (0.7 * alignment + 0.3 * quality)``, where alignment is the compositional
+    detector's partial credit (``compose``) for compositional prompts, the text reader's score
+    (``text``) for text prompts, their mean for prompts with both, and for free (preference)
+    prompts the detector's partial credit on whatever objects the prompt names (or quality alone
+    when it names none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opd.registry import SCORERS
+from opd.rewards.learned import LearnedScorer
+
+# Luminance weights (ITU-R BT.601).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# quality
+# --------------------------------------------------------------------------------------------
+def _luminance(images: np.ndarray) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected images (N, H, W, 3), got {arr.shape}")
+    return arr.astype(np.float64) @ _LUMA
+
+
+def noise_sigma(lum: np.ndarray) -> np.ndarray:
+    """Robust noise standard deviation per image (N,) from luminance (N, H, W).
+
+    Immerkaer's operator ``[[1,-2,1],[-2,4,-2],[1,-2,1]]`` annihilates locally linear signals; for
+    white noise of std s its output has std 6 s. The median absolute response / 0.6745 / 6 is a
+    robust estimate of s that ignores the (sparse) object edges.
+    """
+    a = lum
+    resp = (
+        a[:, :-2, :-2] - 2 * a[:, :-2, 1:-1] + a[:, :-2, 2:]
+        - 2 * a[:, 1:-1, :-2] + 4 * a[:, 1:-1, 1:-1] - 2 * a[:, 1:-1, 2:]
+        + a[:, 2:, :-2] - 2 * a[:, 2:, 1:-1] + a[:, 2:, 2:]
+    )  # fmt: skip
+    return np.median(np.abs(resp).reshape(len(a), -1), axis=1) / 0.6745 / 6.0
+
+
+def grid_artefact(lum: np.ndarray, period: int = 2) -> np.ndarray:
+    """Excess mean absolute jump across ``period``-pixel patch boundaries (N,), in grey levels.
+
+    ``|mean jump at boundaries - mean jump inside patches|`` over columns and rows (either
+    phase), so a smooth image and plain noise both give ~0 and a patch-grid texture gives > 0.
+    """
+    out = np.zeros(len(lum))
+    for axis in (1, 2):
+        d = np.abs(np.diff(lum, axis=axis))
+        phases = [np.take(d, range(p, d.shape[axis], period), axis=axis) for p in range(period)]
+        means = np.stack([ph.reshape(len(lum), -1).mean(1) for ph in phases], 1)
+        out += means.max(1) - means.min(1)
+    return out / 2
+
+
+def quality_components(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The factors of :func:`quality_score` per image (each (N,), all in [0, 1]) plus the raw
+    statistics (``sigma``, ``grid_px``, ``clip_frac``, ``lum_std``)."""
+    arr = np.asarray(images)
+    lum = _luminance(arr)
+    n = len(arr)
+    sigma = noise_sigma(lum)
+    grid_px = grid_artefact(lum)
+    clip_frac = ((arr == 0) | (arr == 255)).reshape(n, -1).mean(1)
+    lum_std = lum.reshape(n, -1).std(1)
+    gy, gx = np.gradient(lum, axis=(1, 2))
+    grad = np.hypot(gx, gy).reshape(n, -1)
+    flat = lum.reshape(n, -1)
+    span = np.percentile(flat, 99, axis=1) - np.percentile(flat, 1, axis=1)
+    sharp = np.clip(np.percentile(grad, 99, axis=1) / np.maximum(0.5 * span, 1.0), 0.0, 1.0)
+    return {
+        "noise": np.exp(-sigma / 6.0),
+        "grid": np.exp(-grid_px / 3.0),
+        "clipping": 1.0 - np.minimum(1.0, 4.0 * clip_frac),
+        "contrast": 1.0 - np.exp(-lum_std / 20.0),
+        "sharpness": sharp,
+        "sigma": sigma,
+        "grid_px": grid_px,
+        "clip_frac": clip_frac,
+        "lum_std": lum_std,
+    }
+
+
+def quality_score(images: np.ndarray) -> np.ndarray:
+    """Hand-written image quality in [0, 1] per image (see the module docstring)."""
+    if len(images) == 0:
+        return np.zeros(0)
+    c = quality_components(images)
+    base = 0.4 + 0.6 * (c["contrast"] + c["sharpness"]) / 2.0
+    return c["noise"] * c["grid"] * c["clipping"] * base
+
+
+@SCORERS.register("quality")
+def quality_scorer() -> Any:
+    """LAION-Aesthetic analog: hand-written image quality in [0, 1]; ignores the prompt."""
+
+    def score(
+        images: np.ndarray,
+        prompts: Sequence[str] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> np.ndarray:
+        return quality_score(np.asarray(images))
+
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# pref2
+# --------------------------------------------------------------------------------------------
+@SCORERS.register("pref2")
+def pref2_scorer(weights: str | Path | None = None) -> LearnedScorer:
+    """ImageReward analog: a second preference model (other utility mix, architecture, seed)."""
+    return LearnedScorer("pref2", weights)

@@ -1,0 +1,119 @@
+"""Pretraining of the mini world's base model: flow matching on the (caption, image) corpus.
+
+The tiny SD3-style transformer and its one-layer CLIP text encoder are trained together from
+random weights with the rectified-flow loss ``||v - (eps - x0)||^2`` at logit-normal times (as
+SD3), with caption dropout so that classifier-free guidance works. The EMA weights are saved
+with ``save_pretrained`` in the mini layout, loadable by ``FlowModel.from_pretrained`` like
+SD3.5. The corpus captions are imperfect on purpose (MINI.md), so the base model is mediocre.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from opd.training.base import keyed_seed
+
+_TOKEN = re.compile(r"[A-Z0-9]|[a-z]+|[^\sA-Za-z0-9]")
+
+
+def tokenize_words(text: str) -> list[str]:
+    """The mini tokenizer's pre-tokenisation: lowercase words, single capitals/digits, marks."""
+    return _TOKEN.findall(text)
+
+
+def world_vocabulary(world: Any, captions: list[str]) -> list[str]:
+    """Every token of the captions and of every task's prompt sets, sorted."""
+    from opd.worlds.mini import prompt_set
+
+    words: set[str] = set()
+    texts = list(captions)
+    for task in ("composition", "text", "aesthetics"):
+        for split in ("train", "test"):
+            texts += prompt_set(task, split, world)[0]
+    for text in texts:
+        words.update(tokenize_words(text))
+    return sorted(words)
+
+
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Build the corpus, train the base model, save it under ``out_dir``; returns a summary."""
+    from opd.models.base import images_to_unit
+    from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
+    from opd.worlds.mini import WorldConfig, build_corpus
+
+    t_start = time.perf_counter()
+    base = profile["base"]
+    seed = int(base.get("seed", 0))
+    world = WorldConfig(**profile["world"].get("params", {}))
+    images, captions = build_corpus(int(profile["world"]["corpus_size"]), seed, world)
+    vocab = world_vocabulary(world, list(captions))
+    tiny = dict(profile["model"].get("tiny", {}))
+    mcfg = TinyModelConfig(resolution=world.resolution, **tiny)
+    model = build_tiny_flow_model(mcfg, vocab, seed=seed)
+    model.set_trainable("base")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(base["lr"]), weight_decay=0.0)
+    steps, batch = int(base["steps"]), int(base["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=float(base["lr"]), total_steps=steps, pct_start=0.05
+    )
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x_all = images_to_unit(images)
+    rng = np.random.default_rng(keyed_seed(seed, "pretrain"))
+    gen = torch.Generator().manual_seed(keyed_seed(seed, "pretrain-noise") % (2**62))
+    dropout = float(base.get("caption_dropout", 0.1))
+    losses = []
+    bar = tqdm(range(steps), desc="pretrain", disable=not progress, leave=False)
+    for _step in bar:
+        idx = rng.integers(0, len(x_all), size=batch)
+        x0 = x_all[idx]
+        caps = ["" if rng.random() < dropout else str(captions[i]) for i in idx]
+        t = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal(0, 1), as SD3
+        eps = torch.randn(x0.shape, generator=gen)
+        tb = t.view(-1, 1, 1, 1)
+        xt = (1 - tb) * x0 + tb * eps
+        embeds = model.encode_prompts(caps, grad=True)
+        v = model._forward(xt, t, embeds)
+        loss = ((v - (eps - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, model, float(base.get("ema_decay", 0.995)))
+        losses.append(float(loss))
+        if _step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(ema[name])
+    model.set_trainable(None)
+    model.clear_prompt_cache()
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    summary = {
+        "steps": steps,
+        "batch_size": batch,
+        "final_loss": float(np.mean(losses[-50:])),
+        "corpus_size": len(x_all),
+        "vocab_size": len(vocab),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "world_version": profile["world"].get("version"),
+    }
+    (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "DONE").write_text("ok\n")
+    return summary
