@@ -23,8 +23,21 @@ from opd.training import checkpoint as ckpt
 from opd.training.base import STUDENT
 
 EVAL_FIELDS = [
-    "run", "method", "seed", "stage", "step", "samples", "forward_evals", "backward_evals",
-    "model_evals", "wall_seconds", "column", "task", "eval_seed", "value", "n",
+    "run",
+    "method",
+    "seed",
+    "stage",
+    "step",
+    "samples",
+    "forward_evals",
+    "backward_evals",
+    "model_evals",
+    "wall_seconds",
+    "column",
+    "task",
+    "eval_seed",
+    "value",
+    "n",
 ]
 
 
@@ -48,7 +61,9 @@ class Evaluator:
                 prompts, meta = load_prompts(task, "test", profile)
                 self.prompts[task] = (prompts[:n], meta[:n])
         self.embeds = {t: model.encode_prompts(p) for t, (p, _) in self.prompts.items()}
-        self.scorers = {c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()}
+        self.scorers = {
+            c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()
+        }
 
     @torch.no_grad()
     def generate(self, task: str, adapter: str | None, guidance: float, seed: int) -> np.ndarray:
@@ -85,8 +100,13 @@ class Evaluator:
                     aggregate = getattr(scorer, "aggregate", None)
                     value = float(aggregate(scores, meta)) if aggregate else float(scores.mean())
                     rows.append(
-                        {"column": column, "task": task, "eval_seed": seed, "value": value,
-                         "n": len(scores)}
+                        {
+                            "column": column,
+                            "task": task,
+                            "eval_seed": seed,
+                            "value": value,
+                            "n": len(scores),
+                        }
                     )
         return rows, samples
 
@@ -153,19 +173,28 @@ def evaluate_run(
         if keep:
             _save_samples(samples_out, samples)
         base = {
-            "run": run, "method": manifest.get("method", run), "seed": seed,
-            "stage": manifest.get("stage", ""), "step": manifest["step"],
-            **{k: manifest["compute"].get(k, 0) for k in
-               ("samples", "forward_evals", "backward_evals", "model_evals", "wall_seconds")},
+            "run": run,
+            "method": manifest.get("method", run),
+            "seed": seed,
+            "stage": manifest.get("stage", ""),
+            "step": manifest["step"],
+            **{
+                k: manifest["compute"].get(k, 0)
+                for k in (
+                    "samples",
+                    "forward_evals",
+                    "backward_evals",
+                    "model_evals",
+                    "wall_seconds",
+                )
+            },
         }
         rows += [{**base, **r} for r in results]
     _write_rows(Path(out), rows)
     return Path(out)
 
 
-def evaluate_base(
-    profile: dict[str, Any], out: Path, samples_out: Path | None = None
-) -> Path:
+def evaluate_base(profile: dict[str, Any], out: Path, samples_out: Path | None = None) -> Path:
     """Evaluate the base model without and with CFG (the first two rows of Table 1)."""
     from opd.training.context import load_base_model
 
@@ -176,9 +205,18 @@ def evaluate_base(
         results, samples = evaluator.evaluate(None, g, keep_samples=16)
         if run == "base_cfg":
             _save_samples(samples_out, samples)
-        base = {"run": run, "method": "base", "seed": 0, "stage": "base", "step": 0,
-                "samples": 0, "forward_evals": 0, "backward_evals": 0, "model_evals": 0,
-                "wall_seconds": 0.0}
+        base = {
+            "run": run,
+            "method": "base",
+            "seed": 0,
+            "stage": "base",
+            "step": 0,
+            "samples": 0,
+            "forward_evals": 0,
+            "backward_evals": 0,
+            "model_evals": 0,
+            "wall_seconds": 0.0,
+        }
         rows += [{**base, **r} for r in results]
     _write_rows(Path(out), rows)
     return Path(out)

@@ -16,7 +16,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--profile", default=None, help="profile name (smoke, mini, paper)")
     p.add_argument(
-        "--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="set_items",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key (dotted path, YAML value); repeatable",
     )
 

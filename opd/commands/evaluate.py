@@ -9,7 +9,9 @@ from opd.commands._common import add_config_args, load, setup_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("evaluate", help="evaluate a run's checkpoints (or --base) on the benchmarks")
+    p = sub.add_parser(
+        "evaluate", help="evaluate a run's checkpoints (or --base) on the benchmarks"
+    )
     add_config_args(p)
     p.add_argument("--run-dir", type=Path, default=None)
     p.add_argument("--run", default=None)
@@ -30,6 +32,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.run_dir is None or args.run is None:
         raise SystemExit("opd evaluate: --run-dir and --run are required unless --base is given")
-    evaluate_run(cfg, args.run_dir, args.run, args.seed, args.out, args.samples,
-                 progress=bool(cfg.get("progress", True)))
+    evaluate_run(
+        cfg,
+        args.run_dir,
+        args.run,
+        args.seed,
+        args.out,
+        args.samples,
+        progress=bool(cfg.get("progress", True)),
+    )
     return 0

@@ -22,8 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--teacher", type=_teacher, action="append", default=[], metavar="TASK=DIR")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="resume from a checkpoint written under another configuration")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume from a checkpoint written under another configuration",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     return p
 

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from opd.worlds.mini import WORLD_VERSION, WorldConfig, prompt_set, sample_scenes
 
     cfg = load(args)
-    world = WorldConfig(**cfg["world"].get("params", {}))
+    world = WorldConfig.from_dict(cfg["world"].get("params", {}))
     if cfg["world"].get("version", WORLD_VERSION) != WORLD_VERSION:
         raise SystemExit(
             f"config world.version {cfg['world']['version']!r} != code's {WORLD_VERSION!r}"
@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "world.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-    print(f"[opd] world {WORLD_VERSION}: " + ", ".join(
-        f"{t} {v['train_prompts']}/{v['test_prompts']}" for t, v in info["tasks"].items()))
+    print(
+        f"[opd] world {WORLD_VERSION}: "
+        + ", ".join(
+            f"{t} {v['train_prompts']}/{v['test_prompts']}" for t, v in info["tasks"].items()
+        )
+    )
     return 0

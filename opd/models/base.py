@@ -62,7 +62,7 @@ class PromptEmbeds:
         return len(self)
 
     def index(self, idx: Any) -> PromptEmbeds:
-        """Rows ``idx`` (int, slice, index list or tensor, bool mask); an int keeps the batch dim."""
+        """Rows ``idx`` (int, slice, index list / tensor, bool mask); an int keeps the batch dim."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         if isinstance(idx, list | tuple | np.ndarray):
@@ -111,7 +111,7 @@ class PromptEmbeds:
 # prompt encoders
 # --------------------------------------------------------------------------------------------
 class PromptEncoder(nn.Module):
-    """Text -> `PromptEmbeds`. Subclasses implement `encode` (called under the caller's grad mode)."""
+    """Text -> `PromptEmbeds`; subclasses implement `encode` (run under the caller's grad mode)."""
 
     max_length: int = 0
 
@@ -121,7 +121,9 @@ class PromptEncoder(nn.Module):
 
 def warn_truncated(tokenizer: Any, prompts: Sequence[str], max_length: int, who: str) -> None:
     """``warnings.warn`` once per prompt whose token count exceeds ``max_length``."""
-    ids = tokenizer(list(prompts), add_special_tokens=True, truncation=False)["input_ids"]
+    ids = tokenizer(list(prompts), add_special_tokens=True, truncation=False, verbose=False)[
+        "input_ids"
+    ]
     for prompt, seq in zip(prompts, ids, strict=True):
         if len(seq) > max_length:
             warnings.warn(
@@ -266,6 +268,11 @@ class FlowModel(nn.Module):
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """Per-sample state shape (C, H, W), as `opd.sampling.rollout` takes it."""
+        return self.latent_shape(1)[1:]
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
         """Shape of a batch of ``n`` states (N, C, H, W)."""
@@ -463,9 +470,7 @@ class FlowModel(nn.Module):
         return adapter
 
     def _sync(self, name: str | None) -> None:
-        layers = self._layers()
-        if layers:
-            L.activate(layers, name, self._trainable)
+        L.activate(self._layers(), name, self._trainable)
 
     @contextlib.contextmanager
     def _switched(self, adapter: str | None) -> Iterator[None]:
@@ -537,7 +542,9 @@ class FlowModel(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self._tuner_cache = None
-            self.transformer.add_adapter(cfg, adapter_name=name)
+            with warnings.catch_warnings():  # peft warns on every adapter after the first
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                self.transformer.add_adapter(cfg, adapter_name=name)
             if config is None and init == "random":
                 with torch.no_grad():
                     for p in L.adapter_parameters(self.transformer, name)[1::2]:
@@ -555,8 +562,12 @@ class FlowModel(nn.Module):
         self._check_adapter(name)
         if name in (self._active, self._trainable):
             raise ValueError(f"adapter {name!r} is active or trainable; switch away first")
-        self.transformer.delete_adapters(name)
+        with warnings.catch_warnings():  # peft re-activates some other adapter and says so
+            warnings.filterwarnings("ignore", message=".*which is now deleted.*")
+            self.transformer.delete_adapters(name)
         self._tuner_cache = None
+        # peft's re-activation also rewrote requires_grad: restore our choice and our switch
+        L.set_requires_grad(self._layers(), self._trainable)
         self._sync(self._active)
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
@@ -564,24 +575,48 @@ class FlowModel(nn.Module):
         self._check_adapter(name)
         return L.adapter_parameters(self.transformer, name)
 
-    def set_trainable(self, name: str | None) -> None:
+    def adapter_named_parameters(self, name: str) -> list[tuple[str, nn.Parameter]]:
+        """``({module}.lora_X.weight, live parameter)`` pairs of adapter ``name``.
+
+        Keys do not contain the adapter name, so two adapters of the same shape (a student and
+        its EMA or old-policy copy) share keys.
+        """
+        self._check_adapter(name)
+        return list(L.adapter_state_dict_keys(self.transformer, name).items())
+
+    def adapter_info(self, name: str) -> dict[str, Any]:
+        """Rank and alpha of adapter ``name`` (what is needed to re-create it)."""
+        cfg = self.adapter_config(name)
+        return {
+            "rank": int(cfg.r),
+            "alpha": float(cfg.lora_alpha),
+            "targets": sorted(cfg.target_modules),
+        }
+
+    def set_trainable(self, name: str | None, *, text_encoder: bool = False) -> None:
         """Choose what requires grad: adapter ``name``'s LoRA weights only; ``"base"``: all
-        backbone weights (full fine-tuning, adapters frozen); ``None``: nothing. The text
-        encoder and VAE stay frozen either way."""
+        backbone weights (full fine-tuning, adapters frozen), plus the text encoder when
+        ``text_encoder`` (pretraining; encode with ``encode_prompts(..., grad=True)``);
+        ``None``: nothing. Switching adapters never changes this choice."""
         if name not in (None, BASE):
             self._check_adapter(name)
+        if text_encoder and name != BASE:
+            raise ValueError("text_encoder=True needs set_trainable('base')")
         self._trainable = name
         for pname, p in self.transformer.named_parameters():
             p.requires_grad_(name == BASE and "lora_" not in pname)
-        self._sync(self._active)
+        L.set_requires_grad(self._layers(), name)
+        self.prompt_encoder.requires_grad_(text_encoder)
+        if text_encoder:
+            self._empty = None
 
     @property
     def trainable(self) -> str | None:
         return self._trainable
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The transformer parameters that currently require grad."""
-        return [p for p in self.transformer.parameters() if p.requires_grad]
+        """The parameters (transformer, text encoder) that currently require grad."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def adapter_state_dict(self, name: str) -> dict[str, Tensor]:
         """Detached copies of adapter ``name``'s weights (``{module}.lora_A.weight`` keys)."""
@@ -614,9 +649,7 @@ class FlowModel(nn.Module):
         """Attach the peft-format folder ``path`` as adapter ``name`` (see `save_adapter`)."""
         L.load_lora_from_dir(self, name, path)
 
-    def merge_adapters(
-        self, names: Sequence[str], weights: Sequence[float], new_name: str
-    ) -> None:
+    def merge_adapters(self, names: Sequence[str], weights: Sequence[float], new_name: str) -> None:
         """Task-arithmetic merge: new adapter with ``delta W = sum_i w_i delta W_i`` exactly.
 
         Implemented by concatenating the LoRA factors (``A`` stacked, ``B`` scaled by
@@ -683,7 +716,9 @@ class FlowModel(nn.Module):
                 raise ValueError(f"{p}: unsupported mini model kind {meta.get('kind')!r}")
             from diffusers import SD3Transformer2DModel
 
-            tr = SD3Transformer2DModel.from_pretrained(p / "transformer", torch_dtype=dtype)
+            with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype to dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                tr = SD3Transformer2DModel.from_pretrained(p / "transformer", torch_dtype=dtype)
             enc = ClipPromptEncoder.from_pretrained(p, dtype=dtype)
             model = cls(
                 tr,
@@ -693,22 +728,48 @@ class FlowModel(nn.Module):
                 channels=meta.get("channels", 3),
                 meta=meta.get("meta", {}),
             )
-        elif (p / "model_index.json").is_file() or not p.exists():
+        elif (p / "model_index.json").is_file() or (not p.exists() and _is_hub_id(str(path))):
             from opd.models.sd3 import load_sd3
 
             model = load_sd3(str(path), dtype=dtype, **kwargs)
         else:
             raise FileNotFoundError(
-                f"{p} is neither a mini model folder ({MINI_CONFIG_NAME}) nor a diffusers "
-                "pipeline folder (model_index.json)"
+                f"{p} is neither a mini model folder ({MINI_CONFIG_NAME}), a diffusers pipeline "
+                "folder (model_index.json) nor a hub id (owner/name)"
             )
         model.to(device)
+        realign_(model)
         adir = p / ADAPTERS_DIR
         if adapters and adir.is_dir():
             for sub in sorted(adir.iterdir()):
                 if (sub / L.CONFIG_NAME).is_file():
                     model.load_adapter(sub.name, sub)
         return model
+
+
+def _is_hub_id(name: str) -> bool:
+    """``owner/name`` without a leading ``/`` or ``.``: a mistyped local path is no hub id."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None
+
+
+def realign_(module: nn.Module, alignment: int = 64) -> int:
+    """Copy every parameter / buffer whose storage is not ``alignment``-byte aligned into a fresh
+    tensor; returns how many moved.
+
+    Loaders (transformers, diffusers via safetensors) hand back CPU tensors that are views into
+    one file buffer at arbitrary offsets, and MKL's kernels pick different code paths (and round
+    differently) for unaligned operands: without this, a reloaded model differs from the saved
+    one in the last bits. Fresh allocations are 64-byte aligned, like the original model's.
+    """
+    moved = 0
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.device.type == "cpu" and t.numel() and t.data_ptr() % alignment:
+                t.data = t.data.clone()
+                moved += 1
+    return moved
 
 
 def base_state_dict(transformer: nn.Module) -> dict[str, Tensor]:

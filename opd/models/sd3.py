@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from opd.models.base import FlowModel, PromptEmbeds, PromptEncoder, save_transformer, warn_truncated
 
 SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
@@ -86,7 +88,9 @@ def load_sd3(
     kwargs = dict(pipeline_kwargs)
     if drop_t5:
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
-    pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, **kwargs)
+    with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype to dtype
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     if vae_dtype is not None:
         pipe.vae.to(vae_dtype)
@@ -146,4 +150,3 @@ def save_sd3(model: FlowModel, path: str | os.PathLike[str]) -> Path:
     }
     (out / SD3_CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))
     return out
-

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from opd.models.base import ClipPromptEncoder, FlowModel
+from opd.models.sd3 import SD3_CONFIG_NAME
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 #: Punctuation kept as tokens of their own (quotes mark the text task's target).
@@ -33,10 +34,10 @@ PUNCTUATION = tuple("\"',.:;!?-()")
 _PIECES = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 #: Words of the tiny SD3 pipeline's default vocabulary (only its BPE merges use them).
-DEFAULT_SD3_WORDS = (
-    "a photo of red green blue circle square triangle cross left right above below "
-    "the and with text sign"
-).split()
+DEFAULT_SD3_WORDS: tuple[str, ...] = (
+    *("a", "photo", "of", "red", "green", "blue", "circle", "square", "triangle", "cross"),
+    *("left", "right", "above", "below", "the", "and", "with", "text", "sign"),
+)
 
 
 def build_tokenizer(
@@ -46,7 +47,7 @@ def build_tokenizer(
     lowercase: bool = True,
     char_fallback: bool = True,
 ) -> Any:
-    """A word-level `PreTrainedTokenizerFast` with ``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3.
+    """A word-level `PreTrainedTokenizerFast`: ``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3.
 
     Every sequence is ``<bos> words <eos>``; the pad token is ``<pad>``. Words of
     ``vocab_words`` (split on spaces and punctuation) are single tokens; with ``char_fallback``
@@ -389,5 +390,5 @@ def build_tiny_sd3_pipeline_dir(
     out = Path(path)
     pipe.save_pretrained(out)
     info = {"resolution": resolution, "max_sequence_length": max_length, "meta": {"tiny": True}}
-    (out / "opd_sd3.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    (out / SD3_CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))
     return out

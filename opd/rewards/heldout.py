@@ -10,9 +10,9 @@ UnifiedReward) and are registered in ``opd.registry.SCORERS``:
     - ``noise = exp(-sigma / 6)``, ``sigma`` a robust estimate of the pixel-noise standard deviation
       (Immerkaer's Laplacian-difference operator on luminance, median-based so that sparse edges
       do not count; clean renders give sigma ~ 0-2, grey levels 0-255);
-    - ``grid = exp(-g / 3)``, ``g`` the excess of pixel jumps across the 2-pixel patch boundaries of
-      the generators (even vs odd column / row differences), i.e. the patch-grid artefact that
-      reward hacking produces;
+    - ``grid = exp(-g / 3)``, ``g`` the excess of the median pixel jump across the 2-pixel patch
+      boundaries of the generators over the median jump inside patches (columns and rows), i.e.
+      the patch-grid texture that reward hacking produces;
     - ``clipping = 1 - min(1, 4 * f)``, ``f`` the fraction of channel values at 0 or 255
       (over-saturated or blown-out colours; clean renders never clip);
     - ``contrast = 1 - exp(-std(luminance) / 20)`` (RMS contrast);
@@ -76,17 +76,19 @@ def noise_sigma(lum: np.ndarray) -> np.ndarray:
 
 
 def grid_artefact(lum: np.ndarray, period: int = 2) -> np.ndarray:
-    """Excess mean absolute jump across ``period``-pixel patch boundaries (N,), in grey levels.
+    """Patch-grid artefact per image (N,), in grey levels.
 
-    ``|mean jump at boundaries - mean jump inside patches|`` over columns and rows (either
-    phase), so a smooth image and plain noise both give ~0 and a patch-grid texture gives > 0.
+    For each phase of ``period`` the median absolute jump between neighbouring pixels (columns and
+    rows); the score is the largest minus the smallest phase median. Medians ignore the sparse
+    object edges, so clean renders give ~0, plain noise gives ~0 (every phase alike) and a
+    texture with a jump at every patch boundary gives about its jump size.
     """
     out = np.zeros(len(lum))
     for axis in (1, 2):
         d = np.abs(np.diff(lum, axis=axis))
         phases = [np.take(d, range(p, d.shape[axis], period), axis=axis) for p in range(period)]
-        means = np.stack([ph.reshape(len(lum), -1).mean(1) for ph in phases], 1)
-        out += means.max(1) - means.min(1)
+        med = np.stack([np.median(ph.reshape(len(lum), -1), axis=1) for ph in phases], 1)
+        out += med.max(1) - med.min(1)
     return out / 2
 
 

@@ -19,10 +19,11 @@ registered here:
 A fourth model of the same family, ``pref2`` (the ImageReward analog, a held-out metric), is
 registered in :mod:`opd.rewards.heldout` and built from the classes here.
 
-Text is tokenised as lowercase words (``[a-z0-9]+``, so the quoted target of a text prompt is
-one token) plus adjacent-word bigrams, so that the bag of words still sees bindings such as
-"red circle". The vocabulary is built from the training texts and stored with the weights;
-words never seen in training map to ``<unk>``.
+Text is tokenised (:func:`tokenize`) as lowercase words plus adjacent-word bigrams, so that the
+bag of words still sees bindings such as "red circle"; the quoted target of a text prompt is
+spelled out as positional letter tokens, so unseen strings are still understood. The
+vocabulary is built from the training texts and stored with the weights; tokens never seen in
+training map to ``<unk>``.
 
 Images are uint8 ``(N, H, W, 3)``; a scorer resizes them (bilinear, antialiased) to the
 resolution it was trained at. Weights are stored per scorer in a folder holding
@@ -60,12 +61,22 @@ _WORD = re.compile(r"[a-z0-9]+")
 # --------------------------------------------------------------------------------------------
 # Text: tokeniser and vocabulary
 # --------------------------------------------------------------------------------------------
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
 def tokenize(text: str, bigrams: bool = True) -> list[str]:
-    """Lowercase words of ``text`` (``[a-z0-9]+``), followed by adjacent-word bigrams."""
-    words = _WORD.findall(text.lower())
-    if not bigrams:
-        return words
-    return words + [f"{a}_{b}" for a, b in zip(words, words[1:], strict=False)]
+    """Tokens of ``text``: lowercase words (``[a-z0-9]+``) outside double quotes, each quoted
+    string replaced by the word ``quoted`` and spelled out as positional letter tokens
+    (``<0:m>``, ``<1:a>``, ...) plus a length token (``<len:3>``), so that strings never seen in
+    training still get an embedding; then bigrams of adjacent words (``red_circle``)."""
+    lowered = text.lower()
+    spelled: list[str] = []
+    for q in _QUOTED.findall(lowered):
+        spelled += [f"<{i}:{c}>" for i, c in enumerate(q)] + [f"<len:{len(q)}>"]
+    words = _WORD.findall(_QUOTED.sub(" quoted ", lowered))
+    if bigrams:
+        words += [f"{a}_{b}" for a, b in zip(words, words[1:], strict=False)]
+    return words + spelled
 
 
 @dataclass
@@ -93,7 +104,9 @@ class Vocab:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tokenize(text, bigrams))
-        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t)
+        )
         return cls([PAD, UNK, *kept[: max_size - 2]], bigrams=bigrams, max_len=max_len)
 
     def __len__(self) -> int:
@@ -101,7 +114,9 @@ class Vocab:
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Padded (N, L) int64 token ids (0 = padding); an empty text gives an all-pad row."""
-        rows = [[self.index.get(t, 1) for t in tokenize(s, self.bigrams)][: self.max_len] for s in texts]
+        rows = [
+            [self.index.get(t, 1) for t in tokenize(s, self.bigrams)][: self.max_len] for s in texts
+        ]
         width = max([1, *(len(r) for r in rows)])
         out = torch.zeros(len(rows), width, dtype=torch.int64)
         for i, r in enumerate(rows):
@@ -131,6 +146,7 @@ class ArchConfig:
     text_dim: int = 64
     head_hidden: int = 64
     activation: str = "relu"
+    norm: str = "group"  # "group" (GroupNorm, 4 groups) after every conv, or "none"
     vocab_size: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -164,10 +180,11 @@ def images_to_tensor(images: np.ndarray | torch.Tensor, resolution: int) -> torc
 
 
 class ImageTower(nn.Module):
-    """Conv stack (first layer stride 2, then stride 1, then stride 2 ...) -> flatten -> linear.
+    """Conv stack (strides 2, 1, 2, 1, ...; GroupNorm) -> [flatten, global mean, global max] ->
+    linear.
 
-    Flattening (rather than pooling) keeps where things are, which the position and counting
-    prompts need.
+    The flattened map keeps where things are (position and counting prompts); the pooled
+    features are translation invariant (what is in the image, whatever its place).
     """
 
     def __init__(self, cfg: ArchConfig) -> None:
@@ -176,27 +193,36 @@ class ImageTower(nn.Module):
         c_in, size = 3, cfg.resolution
         for i, c_out in enumerate(cfg.channels):
             stride = 2 if i % 2 == 0 else 1
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), _act(cfg.activation)]
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
+            if cfg.norm == "group":
+                layers.append(nn.GroupNorm(4, c_out))
+            elif cfg.norm != "none":
+                raise ValueError(f"unknown norm {cfg.norm!r} (expected 'group' or 'none')")
+            layers.append(_act(cfg.activation))
             c_in, size = c_out, (size + 2 - 3) // stride + 1
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(c_in * size * size, cfg.embed_dim)
+        self.proj = nn.Linear(c_in * size * size + 2 * c_in, cfg.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.convs(x).flatten(1))
+        h = self.convs(x)
+        feats = [h.flatten(1), h.mean((2, 3)), h.amax((2, 3))]
+        return self.proj(torch.cat(feats, dim=1))
 
 
 class TextTower(nn.Module):
-    """Masked mean of token embeddings -> two-layer MLP."""
+    """Mean of the known tokens' embeddings (padding and ``<unk>`` are left out) -> MLP."""
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.text_dim, padding_idx=0)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.text_dim, cfg.text_dim), _act(cfg.activation), nn.Linear(cfg.text_dim, cfg.embed_dim)
+            nn.Linear(cfg.text_dim, cfg.text_dim),
+            _act(cfg.activation),
+            nn.Linear(cfg.text_dim, cfg.embed_dim),
         )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != 0).unsqueeze(-1).float()
+        mask = (ids > 1).unsqueeze(-1).float()
         bag = (self.embed(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.mlp(bag)
 
@@ -210,7 +236,9 @@ class PreferenceModel(nn.Module):
         self.image = ImageTower(cfg)
         self.text = TextTower(cfg)
         self.head = nn.Sequential(
-            nn.Linear(2 * cfg.embed_dim, cfg.head_hidden), _act(cfg.activation), nn.Linear(cfg.head_hidden, 1)
+            nn.Linear(2 * cfg.embed_dim, cfg.head_hidden),
+            _act(cfg.activation),
+            nn.Linear(cfg.head_hidden, 1),
         )
 
     def score_features(self, f_img: torch.Tensor, f_txt: torch.Tensor) -> torch.Tensor:
@@ -252,7 +280,9 @@ def build_model(cfg: ArchConfig) -> PreferenceModel | ContrastiveModel:
 # --------------------------------------------------------------------------------------------
 # Losses and metrics
 # --------------------------------------------------------------------------------------------
-def bradley_terry_loss(score_a: torch.Tensor, score_b: torch.Tensor, a_wins: torch.Tensor) -> torch.Tensor:
+def bradley_terry_loss(
+    score_a: torch.Tensor, score_b: torch.Tensor, a_wins: torch.Tensor
+) -> torch.Tensor:
     """Mean of ``-log sigmoid(s_winner - s_loser)``; ``a_wins`` is 1 where image a is preferred."""
     return F.binary_cross_entropy_with_logits(score_a - score_b, a_wins.float())
 

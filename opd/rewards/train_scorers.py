@@ -253,7 +253,10 @@ def evaluate_retrieval(
     """Top-1 retrieval among ``group`` candidates: image -> caption and caption -> image."""
     x_all = _to_nchw_uint8(data.images)
     img = torch.cat(
-        [model.embed_images(_as_float(x_all[s : s + 1024], model.cfg.resolution)) for s in range(0, len(data), 1024)]
+        [
+            model.embed_images(_as_float(x_all[s : s + 1024], model.cfg.resolution))
+            for s in range(0, len(data), 1024)
+        ]
     )
     txt = model.embed_texts(vocab.encode(data.captions))
     i2t, t2i = [], []
@@ -267,3 +270,340 @@ def evaluate_retrieval(
         "retrieval_groups": len(i2t),
         "retrieval_candidates": group,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The mini world's scorers
+# --------------------------------------------------------------------------------------------
+PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
+    # name: hidden utility of opd.worlds.mini.utilities, seed offset, architecture
+    "pick": {"utility": "pick", "seed_offset": 0, "arch": ArchConfig()},
+    "hps": {"utility": "hps", "seed_offset": 1, "arch": ArchConfig()},
+    # ImageReward analog (held-out metric): another utility, wider towers, GELU, another seed.
+    "pref2": {
+        "utility": "ir",
+        "seed_offset": 2,
+        "arch": ArchConfig(
+            channels=(24, 32, 48), embed_dim=96, text_dim=48, head_hidden=96, activation="gelu"
+        ),
+    },
+}
+CLIP_SEED_OFFSET = 3
+PAIRWISE_BAR = 0.90  # MINI.md property 1
+RETRIEVAL_BAR = 0.90
+# Corpus captions for the contrastive scorer: the corpus's alt-text phrasing (incl. the
+# aesthetic adjectives, at a higher rate) but none of its corruptions, so that captions are true.
+CLIP_CAPTION_OVERRIDES: dict[str, float] = {
+    "caption_drop_color": 0.0,
+    "caption_drop_count": 0.0,
+    "caption_drop_relation": 0.0,
+    "caption_drop_text": 0.0,
+    "caption_wrong": 0.0,
+    "caption_generic": 0.0,
+    "caption_adjective": 0.3,
+    "extra_object_rate": 0.0,
+}
+
+
+def world_config(config: Any = None) -> Any:
+    """A :class:`~opd.worlds.mini.WorldConfig` from ``config``: a WorldConfig, a profile dict
+    (its ``world.params``), a dict of WorldConfig fields, or None (the default world)."""
+    from opd.worlds.mini import DEFAULT_CONFIG, WorldConfig
+
+    if config is None:
+        return DEFAULT_CONFIG
+    if isinstance(config, WorldConfig):
+        return config
+    if isinstance(config, Mapping):
+        if "world" in config:
+            return WorldConfig.from_dict(dict((config.get("world") or {}).get("params") or {}))
+        return WorldConfig.from_dict(dict(config))
+    raise TypeError(f"cannot make a WorldConfig from {type(config).__name__}")
+
+
+def scorer_train_config(name: str, config: Any = None) -> TrainConfig:
+    """Default hyper-parameters of scorer ``name``, updated by the profile's
+    ``scorer_training.<name>`` mapping (keys of :class:`TrainConfig`; ``arch`` keys nest)."""
+    if name == "clip":
+        cfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, n_train=20_000, n_heldout=4_000)
+    elif name in PREFERENCE_SCORERS:
+        cfg = TrainConfig(arch=PREFERENCE_SCORERS[name]["arch"])
+    else:
+        known = ", ".join([*PREFERENCE_SCORERS, "clip"])
+        raise KeyError(f"unknown learned scorer {name!r}; known: {known}")
+    over: dict[str, Any] = {}
+    if isinstance(config, Mapping):
+        over = dict(((config.get("scorer_training") or {}).get(name)) or {})
+    arch_over = over.pop("arch", None) or {}
+    if arch_over:
+        arch = cfg.arch.to_json() | dict(arch_over)
+        cfg = dataclasses.replace(cfg, arch=ArchConfig.from_json(arch))
+    return dataclasses.replace(cfg, **over)
+
+
+def pair_data(pairs: Any, true_labels: bool = False) -> PairData:
+    """:class:`PairData` from the world's ``PreferencePairs`` (``label`` or ``label_true``)."""
+    labels = pairs.label_true if true_labels else pairs.label
+    return PairData(pairs.images_a, pairs.images_b, list(pairs.prompts), np.asarray(labels) > 0)
+
+
+def relabel(pairs: Any, utility: str, world: Any, min_margin: float = 0.05) -> PairData:
+    """The same rendered pairs labelled by another hidden ``utility`` (near ties dropped), so
+    that one set of renders serves every preference scorer."""
+    from opd.worlds.mini import hidden_utility
+
+    ua = hidden_utility(utility, pairs.scenes_a, pairs.prompts, world, pairs.metadata)
+    ub = hidden_utility(utility, pairs.scenes_b, pairs.prompts, world, pairs.metadata)
+    keep = np.nonzero(np.abs(ua - ub) >= min_margin)[0]
+    return PairData(
+        pairs.images_a[keep],
+        pairs.images_b[keep],
+        [pairs.prompts[i] for i in keep],
+        ua[keep] > ub[keep],
+    )
+
+
+def _pairs(n: int, seed: int, utility: str, world: Any, split: str) -> Any:
+    from opd.worlds.mini import preference_pairs
+
+    return preference_pairs(n, seed, utility, world, split=split)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def train_preference_scorer(
+    name: str,
+    config: Any = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    *,
+    train_config: TrainConfig | None = None,
+    train_pairs: Any = None,
+) -> dict[str, Any]:
+    """Train preference scorer ``name`` (``pick``, ``hps`` or ``pref2``) on the world's pairs.
+
+    ``config``: a WorldConfig or profile (see :func:`world_config`). ``train_pairs``: the
+    world's ``PreferencePairs`` to relabel with this scorer's utility instead of drawing new
+    ones. Held-out pairs are drawn fresh from ``seed + HELDOUT_SEED_OFFSET``, on the test
+    prompts (the bar) and on the training prompts. Writes ``out_dir/{model.safetensors,
+    config.json}`` when ``out_dir`` is given; returns the metrics.
+    """
+    from opd.worlds.mini import WORLD_VERSION
+
+    spec = PREFERENCE_SCORERS[name]
+    tcfg = train_config or scorer_train_config(name, config)
+    world = world_config(config)
+    utility = spec["utility"]
+    t0 = time.perf_counter()
+    if train_pairs is None:
+        data = pair_data(_pairs(tcfg.n_train, seed, utility, world, "train"))
+    else:
+        data = relabel(train_pairs, utility, world)
+    t1 = time.perf_counter()
+    model, vocab, losses = fit_preference(data, tcfg, seed + spec["seed_offset"])
+    t2 = time.perf_counter()
+    held_seed = seed + HELDOUT_SEED_OFFSET + spec["seed_offset"]
+    acc_test = evaluate_preference(
+        model, vocab, pair_data(_pairs(tcfg.n_heldout, held_seed, utility, world, "test"), True)
+    )
+    acc_train = evaluate_preference(
+        model,
+        vocab,
+        pair_data(_pairs(tcfg.n_heldout, held_seed + 1, utility, world, "train"), True),
+    )
+    train_acc = evaluate_preference(
+        model,
+        vocab,
+        PairData(
+            data.images_a[:2000], data.images_b[:2000], data.prompts[:2000], data.a_wins[:2000]
+        ),
+    )
+    metrics = {
+        "scorer": name,
+        "kind": "preference",
+        "utility": utility,
+        "world_version": WORLD_VERSION,
+        "seed": seed,
+        "heldout": {
+            "pairwise_accuracy": acc_test,
+            "pairwise_accuracy_train_prompts": acc_train,
+            "n_pairs": tcfg.n_heldout,
+            "seed": held_seed,
+            "bar": PAIRWISE_BAR,
+            "passed": bool(acc_test >= PAIRWISE_BAR),
+        },
+        "train_pairwise_accuracy": train_acc,
+        "n_train_pairs": len(data),
+        "final_loss": float(np.mean(losses[-20:])),
+        "data_seconds": t1 - t0,
+        "train_seconds": t2 - t1,
+        "eval_seconds": time.perf_counter() - t2,
+        "train_config": tcfg.to_json(),
+    }
+    if out_dir is not None:
+        save_scorer(model, vocab, out_dir, metrics)
+        _write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def clip_captions(n: int, seed: int, world: Any) -> CaptionData:
+    """Corpus scenes with true captions in alt-text phrasing (see ``CLIP_CAPTION_OVERRIDES``)."""
+    from opd.worlds.mini import corpus_scenes, render
+
+    clean = world.replace(**CLIP_CAPTION_OVERRIDES)
+    corpus = corpus_scenes(n, seed, clean)
+    return CaptionData(render(corpus.scenes, clean), list(corpus.captions))
+
+
+def train_clip_scorer(
+    config: Any = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    *,
+    train_config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Train the contrastive scorer ``clip`` on (caption, image) pairs of the corpus.
+
+    Held-out metric: top-1 retrieval among 16 candidates on fresh corpus pairs (image -> caption
+    is the bar; caption -> image is reported), and the same on clean renders of each task's test
+    prompts. Writes ``out_dir/{model.safetensors, config.json}`` when given; returns metrics.
+    """
+    from opd.worlds.mini import TASKS, WORLD_VERSION, sample_scenes
+
+    tcfg = train_config or scorer_train_config("clip", config)
+    world = world_config(config)
+    t0 = time.perf_counter()
+    data = clip_captions(tcfg.n_train, seed, world)
+    t1 = time.perf_counter()
+    model, vocab, losses = fit_contrastive(data, tcfg, seed + CLIP_SEED_OFFSET)
+    t2 = time.perf_counter()
+    held_seed = seed + HELDOUT_SEED_OFFSET + CLIP_SEED_OFFSET
+    heldout = evaluate_retrieval(
+        model, vocab, clip_captions(tcfg.n_heldout, held_seed, world), 16, held_seed
+    )
+    per_task = {}
+    for task in TASKS:
+        images, prompts, _ = sample_scenes(task, 512, held_seed, split="test", config=world)
+        res = evaluate_retrieval(model, vocab, CaptionData(images, prompts), 16, held_seed)
+        per_task[task] = res["retrieval_top1_image_to_text"]
+    top1 = heldout["retrieval_top1_image_to_text"]
+    metrics = {
+        "scorer": "clip",
+        "kind": "contrastive",
+        "world_version": WORLD_VERSION,
+        "seed": seed,
+        "heldout": {
+            **heldout,
+            "retrieval_top1": top1,
+            "retrieval_top1_test_prompts": per_task,
+            "n_pairs": tcfg.n_heldout,
+            "seed": held_seed,
+            "bar": RETRIEVAL_BAR,
+            "passed": bool(top1 >= RETRIEVAL_BAR),
+        },
+        "n_train_pairs": len(data),
+        "final_loss": float(np.mean(losses[-20:])),
+        "logit_scale": float(model.logit_scale.exp()),
+        "data_seconds": t1 - t0,
+        "train_seconds": t2 - t1,
+        "eval_seconds": time.perf_counter() - t2,
+        "train_config": tcfg.to_json(),
+    }
+    if out_dir is not None:
+        save_scorer(model, vocab, out_dir, metrics)
+        _write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+ALL_SCORERS: tuple[str, ...] = ("pick", "hps", "clip", "pref2")
+
+
+def train_all_scorers(
+    config: Any = None,
+    seed: int = 0,
+    out_dir: str | Path = "scorers",
+    threads: int | None = 1,
+    names: Sequence[str] = ALL_SCORERS,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train ``names`` (default: pick, hps, clip, pref2) into ``out_dir/<name>/`` and write
+    ``out_dir/summary.json``; one set of rendered preference pairs serves every preference
+    scorer (each relabels it with its own utility). ``threads`` sets torch's thread count for
+    the duration (None: leave it)."""
+    out = Path(out_dir)
+    world = world_config(config)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    results: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    try:
+        pref = [n for n in names if n in PREFERENCE_SCORERS]
+        shared = None
+        data_seconds = 0.0
+        if pref:
+            n_train = max(scorer_train_config(n, config).n_train for n in pref)
+            t0 = time.perf_counter()
+            shared = _pairs(n_train, seed, PREFERENCE_SCORERS[pref[0]]["utility"], world, "train")
+            data_seconds = time.perf_counter() - t0
+            if log:
+                log(f"[scorers] {len(shared)} preference pairs rendered in {data_seconds:.1f}s")
+        for name in names:
+            if name == "clip":
+                res = train_clip_scorer(config, seed, out / name)
+                acc = res["heldout"]["retrieval_top1"]
+            else:
+                res = train_preference_scorer(name, config, seed, out / name, train_pairs=shared)
+                acc = res["heldout"]["pairwise_accuracy"]
+            results[name] = res
+            if log:
+                log(
+                    f"[scorers] {name}: held-out {acc:.3f} (bar {res['heldout']['bar']:.2f}), "
+                    f"train {res['train_seconds']:.1f}s"
+                )
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+    from opd.worlds.mini import WORLD_VERSION
+
+    summary = {
+        "world_version": WORLD_VERSION,
+        "world": world.to_dict(),
+        "seed": seed,
+        "threads": threads,
+        "shared_pairs_seconds": data_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+        "scorers": {
+            n: {
+                "heldout": r["heldout"],
+                "train_seconds": r["train_seconds"],
+                "data_seconds": r["data_seconds"],
+                "eval_seconds": r["eval_seconds"],
+            }
+            for n, r in results.items()
+        },
+        "all_passed": all(r["heldout"]["passed"] for r in results.values()),
+    }
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m opd.rewards.train_scorers --out DIR [--seed S] [--threads T] [--only ...]``."""
+    parser = argparse.ArgumentParser(description="train the mini world's learned scorers")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for <name>/ and summary.json"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", default=list(ALL_SCORERS), choices=ALL_SCORERS)
+    args = parser.parse_args(argv)
+    summary = train_all_scorers(None, args.seed, args.out, args.threads, args.only)
+    return 0 if summary["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,12 +42,20 @@ def make_reward(mix: dict[str, float], profile: dict[str, Any]) -> Reward:
 
 def build_scorer(name: str, profile: dict[str, Any]) -> Any:
     """Build scorer ``name`` with the profile's scorer options (weights folder, device)."""
+    import inspect
+
+    from opd.registry import SCORERS
     from opd.rewards import get_scorer
 
     options = dict((profile.get("scorer_options") or {}).get(name, {}))
     scorer_dir = profile.get("paths", {}).get("scorers")
     if scorer_dir and name in profile.get("learned_scorers", []):
         options.setdefault("weights", str(Path(scorer_dir) / name))
+    factory = SCORERS.get(name)
+    if "config" in inspect.signature(factory).parameters and "world" in profile:
+        from opd.worlds.mini import WorldConfig
+
+        options.setdefault("config", WorldConfig.from_dict(profile["world"].get("params", {})))
     return get_scorer(name, **options)
 
 
@@ -57,7 +65,7 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
     if source.get("source", "mini") == "mini":
         from opd.worlds.mini import WorldConfig, prompt_set
 
-        world = WorldConfig(**profile.get("world", {}).get("params", {}))
+        world = WorldConfig.from_dict(profile.get("world", {}).get("params", {}))
         return prompt_set(source.get("task", task), split, world)
     from opd.data import load_prompt_file  # paper profile: downloaded prompt sets
 

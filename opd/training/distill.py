@@ -79,13 +79,15 @@ class DiffusionOPD(Method):
                     v_t = model.velocity(x, t, batch.embeds, guidance_scale=g_t, adapter=teacher)
                     out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next if a > 0 else None)
                 compute.forward(n, g_t)
-                v_s = model.velocity(x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT)
+                v_s = model.velocity(
+                    x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
+                )
                 out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next if a > 0 else None)
                 compute.forward(n, self.guidance, grad=True)
                 loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)
                 loss = loss.mean() / len(self.task_names)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             logs[f"{task}/loss"] = total
         return logs
 
@@ -185,6 +187,6 @@ class SFTDistill(Method):
                 loss = ((v - (eps - x0)) ** 2).flatten(1).mean(1).mean()
                 loss = loss / (cfg.noisings * len(self.task_names))
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             logs[f"{task}/loss"] = total
         return logs

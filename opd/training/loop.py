@@ -221,8 +221,13 @@ def train_run(
         compute.stop()
         stage = method.stage_of(it)
         rows = [
-            {"step": it + 1, "stage": stage, "task": k.split("/")[0] if "/" in k else "all",
-             "metric": k.split("/")[-1], "value": f"{float(v):.6g}"}
+            {
+                "step": it + 1,
+                "stage": stage,
+                "task": k.split("/")[0] if "/" in k else "all",
+                "metric": k.split("/")[-1],
+                "value": f"{float(v):.6g}",
+            }
             for k, v in logs.items()
         ]
         rows += [
@@ -246,11 +251,10 @@ def train_run(
                 for k, p in params.items():
                     p.copy_(live[k])
         (out_dir / "DONE").write_text(json.dumps(compute.as_dict()) + "\n")
-        if progress:
-            print(
-                f"[opd] {run}/seed{seed}: {total} steps, {compute.model_evals} model evals, "
-                f"{compute.wall_seconds:.1f} s"
-            )
+        print(  # the one-line summary of a finished job
+            f"[opd] {run}/seed{seed}: {total} steps, {compute.model_evals} model evals, "
+            f"{compute.wall_seconds:.1f} s"
+        )
     return out_dir
 
 

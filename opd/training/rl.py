@@ -99,7 +99,9 @@ class FlowGRPO(_RLMethod):
             for j in range(self.train_steps):
                 x, x_next = traj.states[j], traj.states[j + 1]
                 t, t_next = float(grid[j]), float(grid[j + 1])
-                v = model.velocity(x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT)
+                v = model.velocity(
+                    x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
+                )
                 out = sde_step(x, v, t, t_next, cfg.noise_level, prev_sample=x_next)
                 old = traj.log_probs[j]
                 if self.guard:
@@ -120,11 +122,11 @@ class FlowGRPO(_RLMethod):
                     sigma_t = out.std / (t - t_next) ** 0.5
                     kl = ((out.mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * sigma_t**2)
                     loss = loss + cfg.beta * kl
-                    kl_total += float(kl.mean())
+                    kl_total += float(kl.detach().mean())
                 loss = loss.mean() / (self.train_steps * len(tasks))
                 loss.backward()
                 compute.forward(n, self.guidance, grad=True)
-                total += float(loss)
+                total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
             logs[f"{task}/kl"] = kl_total / self.train_steps
@@ -203,7 +205,9 @@ class DiffusionNFT(_RLMethod):
                 xt = (1 - tb) * x0 + tb * eps
                 v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
                 with torch.no_grad():
-                    v_old = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=self.OLD)
+                    v_old = model.velocity(
+                        xt, t, batch.embeds, guidance_scale=1.0, adapter=self.OLD
+                    )
                     v_ref = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=None)
                 compute.forward(n, 1.0, grad=True)
                 compute.forward(2 * n, 1.0)
@@ -217,7 +221,7 @@ class DiffusionNFT(_RLMethod):
                 loss = (5.0 / b) * loss + cfg.reg * ((v - v_ref) ** 2).flatten(1).mean(1)
                 loss = loss.mean() / (count * len(tasks))
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
         return logs

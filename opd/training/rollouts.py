@@ -34,8 +34,10 @@ def sampler_for(noise_level: float, name: str | None = None) -> Any:
     """The Flow-GRPO SDE sampler at ``noise_level`` (0 is the Euler ODE) or a named one."""
     if name is not None:
         return make_sampler(name)
-    return make_sampler("flow_sde", noise_level=noise_level) if noise_level > 0 else make_sampler(
-        "ode"
+    return (
+        make_sampler("flow_sde", noise_level=noise_level)
+        if noise_level > 0
+        else make_sampler("ode")
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from opd.worlds.mini.font import get_font, font_for_resolution
+from opd.worlds.mini.font import font_for_resolution, get_font
 
 WORLD_VERSION = "mini-1"
 
@@ -69,7 +69,7 @@ class WorldConfig:
     min_radius_px: float = 3.0
     radius_lo: float = 0.12
     radius_hi: tuple[float, ...] = (0.25, 0.2, 0.16, 0.15, 0.14, 0.13)
-    cross_arm: float = 0.38  # half-width of a cross's arm, as a fraction of r
+    cross_arm: float = 0.32  # half-width of a cross's arm, as a fraction of r
     gap_px: float = 2.0  # free space between item boxes
     border_px: float = 1.0
     # Prompt sets.
@@ -96,6 +96,14 @@ class WorldConfig:
     caption_adjective: float = 0.1
     extra_object_rate: float = 0.1
     version: str = WORLD_VERSION
+
+    def __post_init__(self) -> None:
+        if self.resolution < 16:
+            raise ValueError("resolution must be at least 16 px")
+        if len(self.alphabet) != len(set(self.alphabet)):
+            raise ValueError("alphabet has repeated letters")
+        if max(self.counting_counts) > self.max_count:
+            raise ValueError("counting_counts exceed max_count")
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -410,8 +418,13 @@ def relations_between(
 
 
 def _relation_margin(
-    xa: np.ndarray, ya: np.ndarray, ra: np.ndarray, xb: np.ndarray, yb: np.ndarray,
-    rb: np.ndarray, rel: np.ndarray,
+    xa: np.ndarray,
+    ya: np.ndarray,
+    ra: np.ndarray,
+    xb: np.ndarray,
+    yb: np.ndarray,
+    rb: np.ndarray,
+    rel: np.ndarray,
 ) -> np.ndarray:
     """Signed normalised component of the shrunk offset along each item's relation (bigger is
     safer); the boxes are inflated by 1 px per side, as a raster box may be."""
@@ -428,20 +441,27 @@ def _relation_margin(
 def sample_styles(rng: np.random.Generator, n: int, config: WorldConfig) -> dict[str, np.ndarray]:
     """Draw the unprompted style of ``n`` scenes (arrays named as SceneBatch fields)."""
     cfg = config
-    kind = rng.choice(len(BACKGROUNDS), size=n, p=np.asarray(cfg.background_probs) / 1.0)
+    probs = np.asarray(cfg.background_probs, dtype=np.float64)
+    kind = rng.choice(len(BACKGROUNDS), size=n, p=probs / probs.sum())
     lum = rng.uniform(*cfg.bg_luminance, size=n)
     # A low-chroma tint: a vector orthogonal to grey, of length <= bg_chroma_max.
     ang = rng.uniform(0, 2 * np.pi, size=n)
     mag = rng.uniform(0, cfg.bg_chroma_max, size=n)
     u = np.array([1.0, -0.5, -0.5]) / np.sqrt(1.5)
     v = np.array([0.0, 1.0, -1.0]) / np.sqrt(2.0)
-    tint = (np.cos(ang)[:, None] * u + np.sin(ang)[:, None] * v) * mag[:, None] * 0.8
+
+    def tint_of(angle: np.ndarray) -> np.ndarray:
+        """A tint whose chroma (max - min channel) is exactly ``mag``."""
+        d = np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * v
+        return d / (d.max(1) - d.min(1))[:, None] * mag[:, None]
+
+    tint = tint_of(ang)
     c1 = lum[:, None] + tint
     lum2 = np.clip(
         lum + rng.uniform(-cfg.gradient_span, cfg.gradient_span, size=n), *cfg.bg_luminance
     )
     ang2 = ang + rng.uniform(-1.0, 1.0, size=n)
-    tint2 = (np.cos(ang2)[:, None] * u + np.sin(ang2)[:, None] * v) * mag[:, None] * 0.8
+    tint2 = tint_of(ang2)
     c2 = np.where((kind == 1)[:, None], lum2[:, None] + tint2, c1)
     bg_angle = rng.uniform(0, 2 * np.pi, size=n)
     tex_amp = np.where(kind == 2, rng.uniform(*cfg.texture_amplitude, size=n), 0.0)
@@ -481,23 +501,75 @@ def _draw_position(
     return np.where(span_x >= 0, px, np.nan), np.where(span_y >= 0, py, np.nan)
 
 
+# Direction (radians, image y downwards) from the target to a subject in each relation.
+_REL_ANGLE = np.array([np.pi, 0.0, -np.pi / 2, np.pi / 2])
+
+
+def _draw_related(
+    rng: np.random.Generator,
+    ox: np.ndarray,
+    oy: np.ndarray,
+    r_new: np.ndarray,
+    r_other: np.ndarray,
+    angle: np.ndarray,
+    res: int,
+    border: float,
+    gap: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres at ``angle`` (+- 25 degrees) from (ox, oy), far enough for the boxes to clear;
+    NaN where the box would leave the image."""
+    theta = angle + rng.uniform(-0.45, 0.45, size=ox.shape)
+    near = (r_new + r_other + gap) / np.maximum(np.abs(np.cos(theta)), np.abs(np.sin(theta)))
+    dist = near + rng.uniform(0, 1, size=ox.shape) * np.maximum(res * 0.8 - near, 0)
+    px = ox + dist * np.cos(theta)
+    py = oy + dist * np.sin(theta)
+    lo, hi = r_new + border, res - r_new - border
+    inside = (px >= lo) & (px <= hi) & (py >= lo) & (py <= hi)
+    return np.where(inside, px, np.nan), np.where(inside, py, np.nan)
+
+
+def _grid_layout(
+    rng: np.random.Generator,
+    size: np.ndarray,
+    valid: np.ndarray,
+    res: int,
+    border: float,
+    gap: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objects in distinct cells of a g x g grid (g = ceil(sqrt(k))), jittered inside their cells,
+    shrunk if a cell is too small: never overlapping. Returns x, y, size (n, k)."""
+    n, k = size.shape
+    g = int(np.ceil(np.sqrt(max(int(valid.sum(1).max()), 1))))
+    cell = (res - 2 * border) / g
+    size = np.minimum(size, (cell - gap) / 2)
+    cells = np.argsort(rng.uniform(size=(n, g * g)), axis=1)[:, :k]
+    free = np.maximum(cell - gap - 2 * size, 0)
+    jx = (rng.uniform(size=(n, k)) - 0.5) * free
+    jy = (rng.uniform(size=(n, k)) - 0.5) * free
+    x = border + (cells % g + 0.5) * cell + jx
+    y = border + (cells // g + 0.5) * cell + jy
+    return np.where(valid, x, 0), np.where(valid, y, 0), np.where(valid, size, 0)
+
+
 def layout_scenes(
     specs: Sequence[SceneSpec],
     rng: np.random.Generator,
     config: WorldConfig = DEFAULT_CONFIG,
     *,
     tries: int = 40,
-    rounds: int = 14,
-    shrink_from: int = 3,
+    rounds: int = 12,
+    grid_from: int = 2,
     shrink: float = 0.92,
 ) -> SceneBatch:
     """Draw sizes, non-overlapping positions (item boxes at least ``gap_px`` apart, relations
     satisfied with a safety margin over GenEval's rule) and styles for every spec.
 
     Vectorised sequential rejection sampling: the text line, then each object in turn, gets up to
-    ``tries`` uniform draws until it clears the items already placed; a scene where some item
-    found no place is laid out again from scratch in the next round, with its objects shrunk by
-    ``shrink`` from round ``shrink_from`` on.
+    ``tries`` draws (uniform; the second object of a relation is drawn in the relation's
+    direction from the first) until it clears the items already placed. A scene where some item
+    found no place is laid out again in the next round; from round ``grid_from`` on, scenes with
+    neither text nor relation fall back to a jittered grid, and the others' objects shrink by
+    ``shrink`` per round.
     """
     cfg = config
     res = cfg.resolution
@@ -514,15 +586,23 @@ def layout_scenes(
     rel_s = np.zeros(n, np.int64)
     rel_t = np.zeros(n, np.int64)
     code = {c: i for i, c in enumerate(cfg.alphabet)}
+    obj_rows: list[int] = []
+    obj_cols: list[int] = []
+    obj_vals: list[tuple[int, int]] = []
     for i, s in enumerate(specs):
-        for j, (sh, co) in enumerate(s.objects):
-            shape[i, j] = sh
-            color[i, j] = co
+        if s.objects:
+            obj_rows.extend([i] * len(s.objects))
+            obj_cols.extend(range(len(s.objects)))
+            obj_vals.extend(s.objects)
         if s.text:
             text[i, : len(s.text)] = [code[c] for c in s.text]
         if s.relation is not None:
             rel[i] = RELATIONS.index(s.relation[0])
             rel_s[i], rel_t[i] = s.relation[1], s.relation[2]
+    if obj_vals:
+        vals = np.asarray(obj_vals, dtype=np.int16)
+        shape[obj_rows, obj_cols] = vals[:, 0]
+        color[obj_rows, obj_cols] = vals[:, 1]
     valid = shape >= 0
     has_text = (text >= 0).any(1)
     n_items = valid.sum(1) + has_text
@@ -540,8 +620,17 @@ def layout_scenes(
     y = np.zeros((n, m_items))
     todo = np.arange(n)
     later = np.where(rel >= 0, np.maximum(rel_s, rel_t), -1)  # object placed second
+    earlier = np.where(rel >= 0, np.minimum(rel_s, rel_t), -1)
     order = [k, *range(k)]  # the text line (widest item) first, then the objects
+    gap, border = cfg.gap_px, cfg.border_px
     for round_ in range(rounds):
+        if round_ >= grid_from and todo.size:
+            plain = todo[(rel[todo] < 0) & ~has_text[todo]]
+            if plain.size:
+                gx, gy, size[plain] = _grid_layout(rng, size[plain], valid[plain], res, border, gap)
+                x[plain, :k], y[plain, :k] = gx, gy
+                todo = np.setdiff1d(todo, plain)
+            size[todo] *= shrink
         if todo.size == 0:
             break
         t = todo
@@ -557,23 +646,41 @@ def layout_scenes(
                 w = np.nonzero(need)[0]
                 if w.size == 0:
                     break
-                px, py = _draw_position(rng, ex[w, j], ey[w, j], res, cfg.border_px, j == k)
-                sep = (np.abs(px[:, None] - cx[w]) >= ex[w, j, None] + ex[w] + cfg.gap_px) | (
-                    np.abs(py[:, None] - cy[w]) >= ey[w, j, None] + ey[w] + cfg.gap_px
-                )
-                good = (sep | ~placed[w]).all(1) & np.isfinite(px) & np.isfinite(py)
+                px, py = _draw_position(rng, ex[w, j], ey[w, j], res, border, j == k)
+                first = earlier[t[w]] == j
+                if first.any():
+                    # The first object of a relation goes to the half that leaves room for the
+                    # second: mirror draws on the wrong side of the centre.
+                    ws = t[w]
+                    sign = np.where(rel_s[ws] == j, 1.0, -1.0)
+                    a = _REL_ANGLE[np.maximum(rel[ws], 0)]
+                    cos, sin = np.round(np.cos(a)), np.round(np.sin(a))
+                    wrong = first & (((px - res / 2) * cos + (py - res / 2) * sin) * sign < 0)
+                    px = np.where(wrong & (cos != 0), res - px, px)
+                    py = np.where(wrong & (sin != 0), res - py, py)
                 check = later[t[w]] == j
                 if check.any():
                     ws = t[w]
                     s_i, t_i = rel_s[ws], rel_t[ws]
                     other = np.where(s_i == j, t_i, s_i)
                     ox, oy = cx[w, other], cy[w, other]
+                    angle = _REL_ANGLE[np.maximum(rel[ws], 0)] + np.where(s_i == j, 0, np.pi)
+                    dx, dy = _draw_related(
+                        rng, ox, oy, size[ws, j], size[ws, other], angle, res, border, gap
+                    )
+                    px, py = np.where(check, dx, px), np.where(check, dy, py)
                     sx, sy = np.where(s_i == j, px, ox), np.where(s_i == j, py, oy)
                     tx, ty = np.where(s_i == j, ox, px), np.where(s_i == j, oy, py)
                     margin = _relation_margin(
                         sx, sy, size[ws, s_i], tx, ty, size[ws, t_i], np.maximum(rel[ws], 0)
                     )
-                    good &= ~check | (margin > 0.7)
+                    rel_ok = ~check | (margin > 0.7)
+                else:
+                    rel_ok = np.ones(w.size, bool)
+                sep = (np.abs(px[:, None] - cx[w]) >= ex[w, j, None] + ex[w] + gap) | (
+                    np.abs(py[:, None] - cy[w]) >= ey[w, j, None] + ey[w] + gap
+                )
+                good = (sep | ~placed[w]).all(1) & np.isfinite(px) & np.isfinite(py) & rel_ok
                 g = w[good]
                 cx[g, j], cy[g, j] = px[good], py[good]
                 placed[g, j] = True
@@ -582,8 +689,6 @@ def layout_scenes(
         x[t[alive]] = cx[alive]
         y[t[alive]] = cy[alive]
         todo = t[~alive]
-        if round_ + 1 >= shrink_from:
-            size[todo] *= shrink
     if todo.size:
         raise RuntimeError(f"could not lay out {todo.size} scenes (e.g. {specs[int(todo[0])]})")
 

@@ -1,0 +1,36 @@
+"""``opd collect``: the eval CSVs and training logs as one tidy table (``metrics.csv``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from opd.commands._common import add_config_args, load
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("collect", help="concatenate eval CSVs and training logs into metrics.csv")
+    add_config_args(p)
+    p.add_argument("--evals", type=Path, nargs="+", required=True, help="eval CSVs")
+    p.add_argument(
+        "--train-log",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("RUN", "SEED", "DIR"),
+        help="a run folder whose metrics.csv is folded in as train/<metric> rows; repeatable",
+    )
+    p.add_argument("--out", type=Path, required=True, help="metrics.csv to write")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from opd.reporting.collect import collect, write_metrics
+
+    cfg = load(args)
+    logs = [(run, int(seed), Path(d)) for run, seed, d in args.train_log]
+    df = collect(cfg, args.evals, logs)
+    write_metrics(df, args.out)
+    n_eval = int(df["eval_seed"].notna().sum())
+    print(f"[opd] {args.out}: {len(df)} rows ({n_eval} evaluation, {len(df) - n_eval} training)")
+    return 0

@@ -1,0 +1,106 @@
+# Analyses: the tidy metrics table (everything downstream reads only it), the gradient-variance
+# study (base model + teachers) and the per-task retention curves.
+
+
+rule collect_metrics:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        evals=all_evals(),
+        runs=[*expand(TEACHER_DONE, task=TASKS), *run_dones()],
+    output:
+        METRICS,
+    log:
+        f"{LOGS}/analysis/collect.log",
+    conda:
+        ENV
+    params:
+        key=config_key("table1", "ablations", "tasks", "benchmarks"),
+        train_logs=train_log_args(),
+    shell:
+        "opd collect --config {input.cfg} --evals {input.evals} {params.train_logs}"
+        " --out {output} > {log} 2>&1"
+
+
+rule grad_variance:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        stage1=stage1(),
+        teachers=expand(TEACHER_DONE, task=TASKS),
+    output:
+        report(
+            f"{TABLES_DIR}/grad_variance.csv",
+            caption="../report/grad_variance_table.rst",
+            category="Analyses",
+            subcategory="gradient variance",
+            labels={"table": "gradient variance"},
+        ),
+    log:
+        f"{LOGS}/analysis/grad_variance.log",
+    benchmark:
+        f"{BENCH}/analysis/grad_variance.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("variance", "sampling", "tasks"),
+        teachers=all_teacher_args(),
+    shell:
+        "opd variance --config {input.cfg} --out {output} {params.teachers} > {log} 2>&1"
+
+
+rule plot_grad_variance:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        table=f"{TABLES_DIR}/grad_variance.csv",
+    output:
+        png=report(
+            f"{FIGURES_DIR}/grad_variance.png",
+            caption="../report/grad_variance.rst",
+            category="Analyses",
+            subcategory="gradient variance",
+            labels={"figure": "grad_variance", "format": "png"},
+        ),
+        pdf=f"{FIGURES_DIR}/grad_variance.pdf",
+    log:
+        f"{LOGS}/analysis/plot_grad_variance.log",
+    conda:
+        ENV
+    params:
+        out=results_root,
+    shell:
+        "opd plot-variance --config {input.cfg} --table {input.table}"
+        " --out-dir {params.out} > {log} 2>&1"
+
+
+rule retention:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        metrics=METRICS,
+    output:
+        png=report(
+            f"{FIGURES_DIR}/retention.png",
+            caption="../report/retention.rst",
+            category="Analyses",
+            subcategory="retention",
+            labels={"figure": "retention", "format": "png"},
+        ),
+        pdf=f"{FIGURES_DIR}/retention.pdf",
+        table=report(
+            f"{TABLES_DIR}/retention.csv",
+            caption="../report/retention_table.rst",
+            category="Analyses",
+            subcategory="retention",
+            labels={"table": "retention"},
+        ),
+    log:
+        f"{LOGS}/analysis/retention.log",
+    conda:
+        ENV
+    params:
+        key=config_key("benchmarks", "tasks"),
+        out=results_root,
+    shell:
+        "opd retention --config {input.cfg} --metrics {input.metrics}"
+        " --out-dir {params.out} > {log} 2>&1"

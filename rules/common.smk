@@ -1,0 +1,363 @@
+"""Bookkeeping shared by the rules: the validated config, path patterns and input functions.
+
+Logic lives in the ``opd`` package. This file only loads the chosen profile's configuration
+(stopping before any job, with a message naming the key, if it is invalid), writes the resolved
+config that every job reads, names the output paths and lists what each rule needs.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from opd.config import ConfigError, config_hash, deep_merge, load_config, write_resolved
+from opd.registry import METHODS
+from opd.reporting import FIGURES, TABLES
+
+# ---------------------------------------------------------------------------------------------
+# The configuration: profile + defaults + --config/--configfile overrides, validated at parse time.
+
+
+def yaml_leaves(value):
+    """Nested ``--config`` values arrive as strings (Snakemake reads them with YAML's
+    BaseLoader); read each string leaf as YAML so that ``'seeds=[0,1]'`` gives integers.
+    """
+    if isinstance(value, dict):
+        return {k: yaml_leaves(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [yaml_leaves(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def cli_overrides():
+    """The ``--config`` entries with their nested values typed (top-level ones already are)."""
+    entries = dict(workflow.config_settings.config or {})
+    return {
+        key: yaml_leaves(v) if isinstance(v, dict | list) else v
+        for key, v in entries.items()
+    }
+
+
+def load_workflow_config(raw):
+    """The merged, validated config; an invalid one stops the workflow before any job."""
+    try:
+        return load_config(
+            raw.get("profile"), overrides=deep_merge(raw, cli_overrides())
+        )
+    except ConfigError as err:
+        message = str(err)
+        if not message.startswith("invalid configuration"):
+            message = f"invalid configuration: {message}"
+        raise WorkflowError(message) from None
+
+
+CFG = load_workflow_config(config)
+PROFILE = CFG["profile"]
+RESULTS = CFG["paths"]["results"]
+LOGS = f"logs/{PROFILE}"
+BENCH = f"benchmarks/{PROFILE}"
+CONFIG_FILE = f"{RESULTS}/config.yaml"
+write_resolved(
+    CFG, CONFIG_FILE
+)  # rewritten only when the content changes (keeps mtimes)
+
+TASKS = list(CFG["tasks"])
+RUNS = list(CFG["methods"])
+ENV = "../envs/opd.yaml"
+GPUS = int((CFG.get("resources") or {}).get("gpu", 0))
+
+
+def train_launcher():
+    """``opd``, or ``accelerate launch ... -m opd.cli`` where the config names an accelerate file."""
+    accelerate = CFG.get("accelerate") or {}
+    if accelerate.get("config_file"):
+        return f"accelerate launch --config_file {accelerate['config_file']} -m opd.cli"
+    return "opd"
+
+
+LAUNCH = train_launcher()
+
+
+def run_seeds():
+    """Run name -> training seeds: Table-1 runs use ``seeds``, ablations ``ablation_seeds``."""
+    seeds = {}
+    for run in CFG["table1"]:
+        seeds.setdefault(run, set()).update(CFG["seeds"])
+    for run in CFG["ablations"]:
+        seeds.setdefault(run, set()).update(CFG["ablation_seeds"])
+    return {run: sorted(s) for run, s in seeds.items()}
+
+
+RUN_SEEDS = run_seeds()
+
+
+def alternatives(names):
+    """A regex matching exactly one of ``names`` (wildcard constraints from the config)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths (patterns with {task}, {run}, {seed}).
+
+WORLD_JSON = f"{CFG['paths']['world']}/world.json"
+SCORERS_SUMMARY = f"{CFG['paths']['scorers']}/summary.json"
+BASE_DONE = f"{CFG['paths']['base']}/DONE"
+TEACHER_DONE = f"{RESULTS}/teachers/{{task}}/DONE"
+RUN_DONE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/DONE"
+EVAL_BASE = f"{RESULTS}/evals/base/seed0.csv"
+EVAL_TEACHER = f"{RESULTS}/evals/teacher_{{task}}/seed0.csv"
+EVAL_RUN = f"{RESULTS}/evals/{{run}}/seed{{seed}}.csv"
+SAMPLES_BASE = f"{RESULTS}/samples/base/seed0.npz"
+SAMPLES_TEACHER = f"{RESULTS}/samples/teacher_{{task}}/seed0.npz"
+SAMPLES_RUN = f"{RESULTS}/samples/{{run}}/seed{{seed}}.npz"
+METRICS = f"{RESULTS}/metrics.csv"
+TABLES_DIR = f"{RESULTS}/tables"
+FIGURES_DIR = f"{RESULTS}/figures"
+CONTAINERS = "results/containers"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config keys each rule depends on. The resolved config is an `ancient` input (editing one
+# method must not retrain the world); instead each rule carries a hash of the sections it reads
+# as a param, so Snakemake's params trigger reruns exactly the jobs whose settings changed.
+
+
+def _lookup(path):
+    node = CFG
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def config_key(*paths):
+    """A short hash of the config sections ``paths`` (dotted)."""
+    return config_hash({p: _lookup(p) for p in paths})
+
+
+def teacher_config_key(wildcards):
+    return config_key(f"tasks.{wildcards.task}", "sampling")
+
+
+def run_config_key(wildcards):
+    return config_key(f"methods.{wildcards.run}", "sampling", "tasks")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def stage1():
+    """The fixed stage-1 artifacts every training and evaluation needs (those the profile has)."""
+    files = []
+    if "world" in CFG:
+        files.append(WORLD_JSON)
+    if CFG.get("learned_scorers"):
+        files.append(SCORERS_SUMMARY)
+    if "base" in CFG:
+        files.append(BASE_DONE)
+    return files
+
+
+def method_of(run):
+    return (CFG["methods"].get(run) or {}).get("method", run)
+
+
+def needs_teachers(run):
+    return bool(METHODS.get(method_of(run)).needs_teachers)
+
+
+def train_inputs(wildcards):
+    """Stage-1 artifacts, plus every task's teacher for methods that distil from teachers."""
+    files = {"cfg": ancient(CONFIG_FILE), "stage1": stage1()}
+    if needs_teachers(wildcards.run):
+        files["teachers"] = expand(TEACHER_DONE, task=TASKS)
+    return files
+
+
+def teacher_dir(task):
+    return os.path.dirname(TEACHER_DONE.format(task=task))
+
+
+def all_teacher_args():
+    """``--teacher TASK=ADAPTER_DIR`` for every task."""
+    return " ".join(f"--teacher {t}={teacher_dir(t)}/final" for t in TASKS)
+
+
+def teacher_args(wildcards):
+    """Every task's teacher for methods that distil from teachers; nothing for the others."""
+    return all_teacher_args() if needs_teachers(wildcards.run) else ""
+
+
+def done_dir(wildcards, input):
+    """The run folder of the ``done`` marker input."""
+    return os.path.dirname(input.done)
+
+
+def output_dir(wildcards, output):
+    """The folder of the first output."""
+    return os.path.dirname(output[0])
+
+
+def results_root(wildcards, output):
+    """``results/<profile>`` from a first output under ``results/<profile>/<folder>/``."""
+    return str(Path(output[0]).parents[1])
+
+
+def run_evals():
+    return [
+        EVAL_RUN.format(run=r, seed=s) for r, seeds in RUN_SEEDS.items() for s in seeds
+    ]
+
+
+def run_dones():
+    return [
+        RUN_DONE.format(run=r, seed=s) for r, seeds in RUN_SEEDS.items() for s in seeds
+    ]
+
+
+def all_evals():
+    """Every eval CSV: base, teachers, every configured run x seed."""
+    return [EVAL_BASE, *expand(EVAL_TEACHER, task=TASKS), *run_evals()]
+
+
+def train_log_args():
+    """``--train-log RUN SEED DIR`` for every teacher and run (their ``metrics.csv`` logs)."""
+    items = [(f"teacher_{t}", 0, teacher_dir(t)) for t in TASKS]
+    items += [
+        (r, s, os.path.dirname(RUN_DONE.format(run=r, seed=s)))
+        for r, seeds in RUN_SEEDS.items()
+        for s in seeds
+    ]
+    return " ".join(f"--train-log {r} {s} {d}" for r, s, d in items)
+
+
+def grid_samples():
+    """(label, npz) of the sample grid: base + CFG, the teachers, each Table-1 run's first seed."""
+    items = [("base_cfg", SAMPLES_BASE)]
+    items += [(f"teacher_{t}", SAMPLES_TEACHER.format(task=t)) for t in TASKS]
+    items += [
+        (r, SAMPLES_RUN.format(run=r, seed=RUN_SEEDS[r][0])) for r in CFG["table1"]
+    ]
+    return items
+
+
+def grid_sample_files():
+    return [path for _, path in grid_samples()]
+
+
+def grid_sample_args():
+    return " ".join(f"--samples {label}={path}" for label, path in grid_samples())
+
+
+# ---------------------------------------------------------------------------------------------
+# Report entries. Captions that state measured numbers are written by the commands next to
+# their outputs (<name>.rst) and read when `snakemake --report` renders the report.
+
+
+def generated_caption(path):
+    return os.path.abspath(f"{os.path.splitext(path)[0]}.rst")
+
+
+def report_entry(path, caption, **kwargs):
+    """``path`` marked for the HTML report with ``caption`` and a category."""
+    return report(path, caption=caption, **kwargs)
+
+
+def figure_outputs():
+    """PNG (in the report), PDF and generated caption of each figure of `opd figures`."""
+    files = []
+    for name in FIGURES:
+        png = f"{FIGURES_DIR}/{name}.png"
+        labels = {"figure": name, "format": "png"}
+        entry = report_entry(
+            png,
+            generated_caption(png),
+            category="Figures",
+            subcategory=name,
+            labels=labels,
+        )
+        files += [entry, f"{FIGURES_DIR}/{name}.pdf", f"{FIGURES_DIR}/{name}.rst"]
+    return files
+
+
+def table_outputs():
+    """Table 1 and the ablation table (CSV in the report), their Markdown/LaTeX and captions."""
+    files = []
+    for name, formats in TABLES.items():
+        csv = f"{TABLES_DIR}/{name}.csv"
+        labels = {"table": name}
+        entry = report_entry(
+            csv, generated_caption(csv), category="Tables", labels=labels
+        )
+        others = [f"{TABLES_DIR}/{name}.{ext}" for ext in formats if ext != "csv"]
+        files += [entry, *others, f"{TABLES_DIR}/{name}.rst"]
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets.
+
+
+def table_targets():
+    files = [
+        f"{TABLES_DIR}/{name}.{ext}"
+        for name, formats in TABLES.items()
+        for ext in formats
+    ]
+    return [*files, f"{TABLES_DIR}/retention.csv"]
+
+
+def figure_targets():
+    names = [*FIGURES, "retention", "grad_variance"]
+    return [f"{FIGURES_DIR}/{n}.{e}" for n in names for e in ("png", "pdf")]
+
+
+def reproduce_targets():
+    """Everything of the profile: world validation, metrics, tables and figures."""
+    files = [
+        METRICS,
+        *table_targets(),
+        *figure_targets(),
+        f"{TABLES_DIR}/grad_variance.csv",
+    ]
+    if "world" in CFG:
+        files.append(f"{TABLES_DIR}/world_validation.csv")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers (built only where a container engine is installed).
+
+CONTAINER_ENGINE = shutil.which("docker") or shutil.which("podman")
+DOCKER_DIR = Path(workflow.basedir) / "docker"
+
+
+def container_images():
+    """Image names: the config's ``containers.images`` or every ``docker/<name>/Dockerfile``."""
+    images = (CFG.get("containers") or {}).get("images")
+    if images is None:
+        images = sorted(p.parent.name for p in DOCKER_DIR.glob("*/Dockerfile"))
+    return list(images)
+
+
+def container_targets():
+    if CONTAINER_ENGINE is None:
+        return []
+    return expand(f"{CONTAINERS}/{{image}}.iid", image=container_images())
+
+
+def dockerfile(wildcards):
+    return str(DOCKER_DIR / wildcards.image / "Dockerfile")
+
+
+def docker_context(wildcards, input):
+    """The build context: the repository root (Dockerfiles copy the package from it)."""
+    return str(Path(input.dockerfile).parents[2])

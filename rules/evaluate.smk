@@ -1,0 +1,74 @@
+# Evaluation of every saved checkpoint on every benchmark column (fixed prompts and seeds),
+# with a few final samples per run for the sample grid.
+
+
+rule evaluate_base:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        stage1=stage1(),
+    output:
+        csv=EVAL_BASE,
+        samples=SAMPLES_BASE,
+    log:
+        f"{LOGS}/evals/base.log",
+    benchmark:
+        f"{BENCH}/evals/base.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("eval", "benchmarks"),
+    shell:
+        "opd evaluate --config {input.cfg} --base --out {output.csv}"
+        " --samples {output.samples} > {log} 2>&1"
+
+
+rule evaluate_teacher:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        done=TEACHER_DONE,
+    output:
+        csv=EVAL_TEACHER,
+        samples=SAMPLES_TEACHER,
+    log:
+        f"{LOGS}/evals/teacher_{{task}}.log",
+    benchmark:
+        f"{BENCH}/evals/teacher_{{task}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("eval", "benchmarks", "tasks"),
+        run_dir=done_dir,
+    shell:
+        "opd evaluate --config {input.cfg} --run-dir {params.run_dir}"
+        " --run teacher_{wildcards.task} --seed 0 --out {output.csv}"
+        " --samples {output.samples} > {log} 2>&1"
+
+
+rule evaluate_run:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        done=RUN_DONE,
+    output:
+        csv=EVAL_RUN,
+        samples=SAMPLES_RUN,
+    log:
+        f"{LOGS}/evals/{{run}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evals/{{run}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("eval", "benchmarks"),
+        run_dir=done_dir,
+    shell:
+        "opd evaluate --config {input.cfg} --run-dir {params.run_dir} --run {wildcards.run}"
+        " --seed {wildcards.seed} --out {output.csv} --samples {output.samples} > {log} 2>&1"

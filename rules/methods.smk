@@ -1,0 +1,26 @@
+# Stage 2: every configured run x seed (Table-1 runs: `seeds`; ablations: `ablation_seeds`).
+# Methods that distil from teachers get every task's teacher adapter.
+
+
+rule train_run:
+    input:
+        unpack(train_inputs),
+    output:
+        RUN_DONE,
+    log:
+        f"{LOGS}/runs/{{run}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/runs/{{run}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=run_config_key,
+        out=output_dir,
+        teachers=teacher_args,
+        launch=LAUNCH,
+    shell:
+        "{params.launch} train --config {input.cfg} --run {wildcards.run} --seed {wildcards.seed}"
+        " --out {params.out} {params.teachers} > {log} 2>&1"

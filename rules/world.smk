@@ -1,0 +1,89 @@
+# Stage 0 of the mini world: the synthetic world, its learned scorers, the base model, and the
+# validation of the world's properties (MINI.md). The paper profile has no world section: its
+# base model and scorers come from the model hub.
+
+
+rule build_world:
+    input:
+        cfg=ancient(CONFIG_FILE),
+    output:
+        WORLD_JSON,
+    log:
+        f"{LOGS}/world/world.log",
+    conda:
+        ENV
+    params:
+        key=config_key("world"),
+        out=output_dir,
+    shell:
+        "opd world --config {input.cfg} --out {params.out} > {log} 2>&1"
+
+
+rule train_scorers:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        world=WORLD_JSON,
+    output:
+        SCORERS_SUMMARY,
+    log:
+        f"{LOGS}/world/scorers.log",
+    benchmark:
+        f"{BENCH}/world/scorers.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("world", "learned_scorers", "scorer_training", "scorer_options"),
+        out=output_dir,
+    shell:
+        "opd scorers --config {input.cfg} --out {params.out} > {log} 2>&1"
+
+
+rule pretrain_base:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        world=WORLD_JSON,
+    output:
+        BASE_DONE,
+    log:
+        f"{LOGS}/world/pretrain.log",
+    benchmark:
+        f"{BENCH}/world/pretrain.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+    params:
+        key=config_key("world", "model", "base"),
+        out=output_dir,
+    shell:
+        "opd pretrain --config {input.cfg} --out {params.out} > {log} 2>&1"
+
+
+rule validate_world:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        stage1=stage1(),
+        base_eval=EVAL_BASE,
+    output:
+        csv=report(
+            f"{TABLES_DIR}/world_validation.csv",
+            caption="../report/world_validation.rst",
+            category="World",
+            labels={"table": "world validation"},
+        ),
+        md=f"{TABLES_DIR}/world_validation.md",
+    log:
+        f"{LOGS}/world/validate.log",
+    conda:
+        ENV
+    threads: 1
+    params:
+        key=config_key("world", "eval", "benchmarks"),
+        out=output_dir,
+    shell:
+        "opd validate-world --config {input.cfg} --base-eval {input.base_eval}"
+        " --out-dir {params.out} > {log} 2>&1"

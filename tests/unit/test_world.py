@@ -1,0 +1,235 @@
+"""The mini world: configuration, prompt sets and splits, scenes, renderer, corpus, utilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import opd.worlds.mini as W
+from opd.worlds.mini import (
+    COMPOSITION_TAGS,
+    Scene,
+    SceneObject,
+    Style,
+    TextLine,
+    WorldConfig,
+)
+
+CFG = WorldConfig()
+
+
+def _style(**kw: object) -> Style:
+    base = dict(
+        background="flat",
+        bg_color=(200.0, 200.0, 200.0),
+        bg_color2=(200.0, 200.0, 200.0),
+        gradient_angle=0.0,
+        texture_amplitude=0.0,
+        texture_cycles=(3.0, 3.0),
+        texture_phase=(0.0, 0.0),
+        softness=0.8,
+        contrast=1.0,
+    )
+    base.update(kw)
+    return Style(**base)  # type: ignore[arg-type]
+
+
+def test_config_round_trips_through_dict_and_carries_version():
+    cfg = WorldConfig(resolution=32, caption_wrong=0.1)
+    assert WorldConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.version == W.WORLD_VERSION == "mini-1"
+    with pytest.raises(ValueError):
+        WorldConfig.from_dict({"no_such_field": 1})
+
+
+def test_palette_hues_are_well_separated_and_backgrounds_grey():
+    x = CFG.palette
+    hue = np.degrees(
+        np.arctan2(np.sqrt(3) / 2 * (x[:, 1] - x[:, 2]), x[:, 0] - (x[:, 1] + x[:, 2]) / 2)
+    )
+    d = np.abs((hue[:, None] - hue[None] + 180) % 360 - 180)
+    assert d[~np.eye(len(x), dtype=bool)].min() >= 50
+    assert (x.max(1) - x.min(1)).min() > 4 * CFG.bg_chroma_max
+
+
+@pytest.mark.parametrize("task", W.TASKS)
+def test_splits_are_disjoint_fixed_and_nonempty(task):
+    train, _ = W.prompt_set(task, "train")
+    test, meta = W.prompt_set(task, "test")
+    assert train and test
+    assert not set(train) & set(test)
+    assert len(set(test)) == len(test)
+    assert W.prompt_set(task, "test")[0] == test  # deterministic
+    assert all(m["task"] == task and m["prompt"] == p for p, m in zip(test, meta, strict=True))
+
+
+def test_composition_metadata_is_geneval_shaped_with_every_tag():
+    prompts, metas = W.prompt_set("composition", "test")
+    assert {m["tag"] for m in metas} == set(COMPOSITION_TAGS)
+    assert {m["tag"] for m in W.prompt_set("composition", "train")[1]} == set(COMPOSITION_TAGS)
+    by_prompt = dict(zip(prompts, metas, strict=True))
+    for p, m in by_prompt.items():
+        assert p.split()[0] in ("a", "an")
+        for clause in m["include"]:
+            assert set(clause) <= {"class", "count", "color", "position"}
+            assert clause["class"] in CFG.shapes
+        for clause in m["exclude"]:
+            assert set(clause) == {"class", "count"}
+        # Counts are exact: each included class is excluded at count + 1.
+        counts = {c["class"]: c["count"] for c in m["include"]}
+        assert {c["class"]: c["count"] - 1 for c in m["exclude"]} == counts
+    pos = next(m for m in metas if m["tag"] == "position")
+    rel, target = pos["include"][1]["position"]
+    assert rel in W.RELATIONS and target == 0
+    p = pos["prompt"]
+    assert f" {rel} " in p and p.index(pos["include"][1]["class"]) < p.index(f" {rel} ")
+    counting = next(m for m in metas if m["tag"] == "counting")
+    assert counting["include"][0]["count"] in CFG.counting_counts
+
+
+def test_text_prompts_quote_their_target_and_hold_out_strings():
+    prompts, metas = W.prompt_set("text", "test")
+    for p, m in zip(prompts, metas, strict=True):
+        assert W.quoted_text(p) == m["text"]
+        assert 1 <= len(m["text"]) <= CFG.max_text_len
+    train_texts = {m["text"] for m in W.prompt_set("text", "train")[1]}
+    unseen = [m["text"] for m in metas if len(m["text"]) == 3]
+    assert unseen and not set(unseen) & train_texts
+
+
+def test_parse_prompt_recovers_metadata():
+    prompts, metas = W.prompt_set("composition", "train")
+    assert W.parse_prompt(prompts[5]) == metas[5]
+    assert W.parse_prompt('a sign that says "ZZ" somewhere')["text"] == "ZZ"
+    d = W.describe("a photo of three red circles left of a square")
+    assert d["objects"] == [
+        {"class": "circle", "count": 3, "color": "red"},
+        {"class": "square", "count": 1},
+    ]
+    assert d["relations"] == ["left of"]
+
+
+@pytest.mark.parametrize("task", W.TASKS)
+def test_sample_scenes_is_deterministic_and_seed_dependent(task):
+    a, pa, ma = W.sample_scenes(task, 24, seed=3)
+    b, pb, mb = W.sample_scenes(task, 24, seed=3)
+    c, _, _ = W.sample_scenes(task, 24, seed=4)
+    assert a.dtype == np.uint8 and a.shape == (24, 24, 24, 3)
+    assert np.array_equal(a, b) and pa == pb and ma == mb
+    assert not np.array_equal(a, c)
+
+
+def test_composition_scenes_satisfy_their_metadata():
+    scenes, prompts, metas = W.generate("composition", 120, seed=0)
+    assert [m["tag"] for m in metas[:6]] == list(COMPOSITION_TAGS)
+    agree = W.prompt_agreement(scenes, prompts, metadata=metas)
+    assert np.all(agree == 1.0)
+    for i in range(len(scenes)):
+        sc = scenes.scene(i)
+        boxes = np.array([o.bbox for o in sc.objects])
+        lo, hi = boxes[:, :2].min(), boxes[:, 2:].max()
+        assert lo >= 0 and hi <= CFG.resolution
+        for j in range(len(boxes)):  # boxes never overlap
+            for k in range(j + 1, len(boxes)):
+                a, b = boxes[j], boxes[k]
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+@pytest.mark.parametrize("resolution", [16, 24, 32])
+def test_every_resolution_renders_every_task(resolution):
+    cfg = WorldConfig(resolution=resolution)
+    for task in W.TASKS:
+        im, prompts, _ = W.sample_scenes(task, 12, seed=1, config=cfg)
+        assert im.shape == (12, resolution, resolution, 3)
+        assert len(prompts) == 12
+        assert im.std() > 5  # something drawn
+
+
+def test_render_accepts_scene_records_and_batches_alike():
+    scenes, _, _ = W.generate("composition", 8, seed=2)
+    records = scenes.scenes()
+    assert np.array_equal(W.render(records), W.render(scenes))
+    assert W.SceneBatch.from_scenes(records).scene(3) == records[3]
+
+
+def test_hand_built_scene_draws_where_asked():
+    scene = Scene(
+        objects=(SceneObject("square", "red", x=6.0, y=6.0, size=4.0),),
+        text=TextLine("AT", x=10, y=14, width=11, height=7),
+        style=_style(),
+        resolution=24,
+    )
+    im = W.render([scene])[0].astype(int)
+    assert tuple(im[6, 6]) == (220, 40, 40)  # inside the square: the palette colour
+    assert tuple(im[20, 20]) == (200, 200, 200)  # background
+    assert im[14:21, 10:21].min() < 40  # ink of the text line
+    assert im[0:2, 0:24].min() > 150  # nothing above the square
+
+
+def test_styles_vary_and_stay_low_chroma():
+    scenes, _, _ = W.generate("aesthetics", 400, seed=5, split="train")
+    assert set(np.unique(scenes.bg_kind)) == {0, 1, 2}
+    for c in (scenes.bg_color, scenes.bg_color2):
+        assert (c.max(1) - c.min(1)).max() <= CFG.bg_chroma_max + 1e-3
+    lo, hi = CFG.softness
+    assert scenes.softness.min() >= lo and scenes.softness.max() <= hi
+
+
+def test_corpus_is_deterministic_and_captions_are_imperfect():
+    a_im, a_cap = W.build_corpus(64, seed=9)
+    b_im, b_cap = W.build_corpus(64, seed=9)
+    assert np.array_equal(a_im, b_im) and a_cap == b_cap
+    corpus = W.corpus_scenes(3000, seed=1)
+    assert set(corpus.kinds) == {"single", "two", "counting", "position", "text", "text_object"}
+    changed = np.mean([c != t for c, t in zip(corpus.captions, corpus.true_captions, strict=True)])
+    assert 0.2 < changed < 0.7
+    assert any(c in W.corpus.GENERIC_CAPTIONS for c in corpus.captions)
+    # Most captions still use the prompts' phrasing and words.
+    vocab = set(W.vocabulary())
+    words = {w for c in corpus.captions for w in c.split() if '"' not in w}
+    assert words <= vocab
+
+
+def test_corpus_noise_rates_follow_the_config():
+    clean = WorldConfig(
+        caption_drop_color=0.0,
+        caption_drop_count=0.0,
+        caption_drop_relation=0.0,
+        caption_drop_text=0.0,
+        caption_wrong=0.0,
+        caption_generic=0.0,
+        caption_adjective=0.0,
+    )
+    corpus = W.corpus_scenes(500, seed=2, config=clean)
+    assert corpus.captions == corpus.true_captions
+
+
+def test_hidden_utilities_differ_but_overlap():
+    scenes, prompts, metas = W.generate("aesthetics", 600, seed=3, split="train")
+    pick = W.hidden_utility("pick", scenes, prompts, metadata=metas)
+    hps = W.hidden_utility("hps", scenes, prompts, metadata=metas)
+    r = np.corrcoef(pick, hps)[0, 1]
+    assert 0.15 < r < 0.9
+    with pytest.raises(KeyError):
+        W.hidden_utility("nope", scenes, prompts)
+
+
+def test_utility_rewards_prompt_agreement():
+    good, prompts, metas = W.generate("composition", 60, seed=4)
+    other, _, _ = W.generate("composition", 60, seed=4, shuffle=True, split="train")
+    u_good = W.hidden_utility("pick", good, prompts, metadata=metas)
+    u_other = W.hidden_utility("pick", other, prompts, metadata=metas)
+    assert u_good.mean() > u_other.mean() + 0.2
+
+
+def test_preference_pairs_label_the_higher_utility():
+    pairs = W.preference_pairs(80, seed=0, utility="hps")
+    assert pairs.images_a.shape == pairs.images_b.shape == (80, 24, 24, 3)
+    assert len(pairs) == 80 and len(pairs.prompts) == 80
+    assert np.all(np.abs(pairs.utility_a - pairs.utility_b) >= 0.05)
+    assert np.array_equal(pairs.label, (pairs.utility_a > pairs.utility_b).astype(np.int8))
+    again = W.preference_pairs(80, seed=0, utility="hps")
+    assert np.array_equal(pairs.images_a, again.images_a)
+    noisy = W.preference_pairs(200, seed=1, utility="pick", temperature=0.3)
+    agree = np.mean(noisy.label == noisy.label_true)
+    assert 0.6 < agree < 1.0
