@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from opd.faults import maybe_fail
 from opd.sampling import make_sampler, rollout, time_grid
 from opd.training import checkpoint as ckpt
 from opd.training.base import STUDENT
@@ -163,6 +164,7 @@ def evaluate_run(
     created = False
     for i, path in enumerate(tqdm(ckpts, desc=f"eval {run}/seed{seed}", disable=not progress)):
         tensors, manifest = ckpt.load_checkpoint(path)
+        maybe_fail("evaluate.checkpoint", int(manifest["step"]))
         info = manifest.get("adapter") or {}
         if not created:
             model.add_adapter(STUDENT, rank=int(info["rank"]), alpha=float(info["alpha"]))

@@ -14,7 +14,7 @@ rule collect_metrics:
     conda:
         ENV
     params:
-        key=config_key("table1", "ablations", "tasks", "benchmarks"),
+        key=COLLECT_KEY,
         train_logs=train_log_args(),
     shell:
         "opd collect --config {input.cfg} --evals {input.evals} {params.train_logs}"
@@ -44,7 +44,9 @@ rule grad_variance:
     resources:
         gpu=GPUS,
     params:
-        key=config_key("variance", "sampling", "tasks"),
+        key=config_key(
+            "variance", "sampling", *task_keys("prompts", "teacher.guidance")
+        ),
         teachers=all_teacher_args(),
     shell:
         "opd variance --config {input.cfg} --out {output} {params.teachers} > {log} 2>&1"

@@ -65,9 +65,8 @@ RESULTS = CFG["paths"]["results"]
 LOGS = f"logs/{PROFILE}"
 BENCH = f"benchmarks/{PROFILE}"
 CONFIG_FILE = f"{RESULTS}/config.yaml"
-write_resolved(
-    CFG, CONFIG_FILE
-)  # rewritten only when the content changes (keeps mtimes)
+# Rewritten only when its content changes, so that its mtime stays put.
+write_resolved(CFG, CONFIG_FILE)
 
 TASKS = list(CFG["tasks"])
 RUNS = list(CFG["methods"])
@@ -142,12 +141,34 @@ def config_key(*paths):
     return config_hash({p: _lookup(p) for p in paths})
 
 
+def task_keys(*fields):
+    """``tasks.<task>.<field>`` for every task."""
+    return [f"tasks.{t}.{f}" for t in TASKS for f in fields]
+
+
+EVAL_KEY = config_key("eval", "benchmarks", *task_keys("prompts"))
+COLLECT_KEY = config_key(
+    "table1", "ablations", "methods", "world.version", *task_keys("teacher.method")
+)
+
+
 def teacher_config_key(wildcards):
     return config_key(f"tasks.{wildcards.task}", "sampling")
 
 
+def teacher_eval_key(wildcards):
+    task = wildcards.task
+    return config_key(
+        "eval", "benchmarks", *task_keys("prompts"), f"tasks.{task}.teacher"
+    )
+
+
 def run_config_key(wildcards):
-    return config_key(f"methods.{wildcards.run}", "sampling", "tasks")
+    return config_key(
+        f"methods.{wildcards.run}",
+        "sampling",
+        *task_keys("prompts", "reward", "teacher.guidance"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

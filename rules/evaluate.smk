@@ -19,7 +19,7 @@ rule evaluate_base:
     resources:
         gpu=GPUS,
     params:
-        key=config_key("eval", "benchmarks"),
+        key=EVAL_KEY,
     shell:
         "opd evaluate --config {input.cfg} --base --out {output.csv}"
         " --samples {output.samples} > {log} 2>&1"
@@ -42,7 +42,7 @@ rule evaluate_teacher:
     resources:
         gpu=GPUS,
     params:
-        key=config_key("eval", "benchmarks", "tasks"),
+        key=teacher_eval_key,
         run_dir=done_dir,
     shell:
         "opd evaluate --config {input.cfg} --run-dir {params.run_dir}"
@@ -67,7 +67,7 @@ rule evaluate_run:
     resources:
         gpu=GPUS,
     params:
-        key=config_key("eval", "benchmarks"),
+        key=EVAL_KEY,
         run_dir=done_dir,
     shell:
         "opd evaluate --config {input.cfg} --run-dir {params.run_dir} --run {wildcards.run}"

@@ -48,7 +48,7 @@ ESTIMATOR_LABELS: dict[str, str] = {
     "closed_form": "closed form",
     "ppo": "PPO-style",
     "logratio": "log-ratio REINFORCE",
-    "ppo_rtg": "PPO-style, reward-to-go",
+    "ppo_rtg": "PPO-style (reward-to-go)",
     "grpo": "GRPO (task reward)",
 }
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -233,7 +233,8 @@ def variance_caption(df: pd.DataFrame) -> str:
         f"(trace of the covariance of one batch-B gradient; {len(steps)} denoising steps, "
         f"noise levels {', '.join(f'{a:g}' for a in levels)}, batch sizes "
         f"{', '.join(str(b) for b in sizes)}, up to {draws} batch estimates per point; bands: "
-        "95% bootstrap intervals). All estimators use the summed log-density."
+        "95% bootstrap intervals; SNR = ||E g||^2 / tr Cov(g), 0 where the mean is not resolved "
+        "from the noise with these draws). All estimators use the summed log-density."
     ]
     for a in [x for x in levels if x > 0]:
         for mode in ("rollout", "fixed_state"):
@@ -279,7 +280,7 @@ def variance_caption(df: pd.DataFrame) -> str:
             if (df["estimator"] == "grpo").any():
                 note = " (GRPO follows the task reward, a different objective: compare SNRs only)"
             parts.append(
-                f"Median SNR over rollouts at a = {a:g}, batch {b_big}: {', '.join(snrs)}{note}."
+                f"Median SNR over rollouts at a = {a:g}, batch {b_big}: {'; '.join(snrs)}{note}."
             )
     ode = _median_metric(
         df, "snr", estimator="closed_form", noise_level=0.0, mode="rollout", batch_size=b_big

@@ -24,9 +24,9 @@ Core, model-agnostic statistics
       out), so that an estimator is never scored against its own noise.
 
     Confidence intervals: nonparametric bootstrap over the ``M`` batch estimates (resampled with
-    replacement, ``n_boot`` replicates, a fixed seed), percentile intervals at ``level``
-    (default 95%); ``se`` is the bootstrap standard deviation. Every statistic is computed from
-    Gram matrices (float64), so a replicate costs O(M^2), not O(M P). An estimator whose draws
+    replacement, ``n_boot`` replicates, a fixed seed; the cosine's reference is held fixed),
+    percentile intervals at ``level`` (default 95%); ``se`` is the bootstrap standard deviation.
+    Statistics are computed in float64. An estimator whose draws
     are identical up to rounding (``trace_cov <= 1e-10 ||m||^2``) is reported as deterministic:
     ``trace_cov = 0`` and ``snr = inf``. :func:`estimate_gradient_stats` wraps a callable
     ``grad_fn(i) -> flat gradient`` of the draw index.
@@ -125,6 +125,7 @@ COLUMNS: tuple[str, ...] = (
     "draws",
 )
 _DETERMINISTIC_RTOL = 1e-10
+F64 = torch.float64
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,25 +160,10 @@ class GradientStats:
         return self.metrics[name]
 
 
-def _block_average(n: int, batch_size: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """(M, n) matrix averaging consecutive non-overlapping groups of ``batch_size`` draws."""
-    m = n // batch_size
-    w = torch.zeros(m, n, dtype=dtype)
-    for i in range(m):
-        w[i, i * batch_size : (i + 1) * batch_size] = 1.0 / batch_size
-    return w
-
-
-def _moments(counts: Tensor, gram: Tensor) -> tuple[Tensor, Tensor]:
-    """Squared norm of the weighted mean and the unbiased trace of the covariance.
-
-    ``counts`` (K, M) bootstrap multiplicities (rows sum to M); returns two (K,) tensors.
-    """
-    m = counts.sum(dim=1)
-    mean_sq = torch.einsum("ki,ij,kj->k", counts, gram, counts) / m**2
-    sum_sq = counts @ torch.diagonal(gram)
-    trace = (sum_sq - m * mean_sq) / (m - 1)
-    return mean_sq, trace
+def _batch_means(x: Tensor, batch_size: int) -> Tensor:
+    """(M, P) means of consecutive non-overlapping groups of ``batch_size`` rows of ``x``."""
+    m = x.shape[0] // batch_size
+    return x[: m * batch_size].reshape(m, batch_size, -1).mean(dim=1)
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
@@ -186,86 +172,6 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
         return float("nan"), float("nan"), float("nan")
     lo, hi = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi), float(np.std(finite, ddof=1))
-
-
-def stats_from_gram(
-    gram: Tensor,
-    *,
-    batch_size: int = 1,
-    ref_dot: Tensor | None = None,
-    ref_norm_sq: float | None = None,
-    cross: Tensor | None = None,
-    ref_gram: Tensor | None = None,
-    n_boot: int = 200,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[int, dict[str, MetricEstimate], bool]:
-    """:func:`gradient_stats` from inner products of the single-draw gradients.
-
-    ``gram`` (N, N) = ``X X^T``. Cosine to a fixed reference ``r``: ``ref_dot`` (N,) = ``X r``
-    and ``ref_norm_sq`` = ``||r||^2``. Cosine to aligned reference draws ``Y`` (leave-own-draws-
-    out): ``cross`` (N, N) = ``X Y^T`` and ``ref_gram`` (N, N) = ``Y Y^T``. Returns the number of
-    batch estimates, the metrics and whether the estimator is deterministic.
-    """
-    gram = gram.to(torch.float64).cpu()
-    n = gram.shape[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    m = n // batch_size
-    if m < 2:
-        raise ValueError(f"{n} draws give {m} batch-{batch_size} estimates; need at least 2")
-    w = _block_average(n, batch_size)
-    g = w @ gram @ w.T
-    ones = torch.ones(1, m, dtype=torch.float64)
-    mean_sq, trace = (v[0] for v in _moments(ones, g))
-    deterministic = bool(trace <= _DETERMINISTIC_RTOL * max(float(mean_sq), 1e-300))
-
-    # per-estimate cosines to the reference
-    cos: Tensor | None = None
-    norms = torch.sqrt(torch.clamp(torch.diagonal(g), min=0.0))
-    if ref_dot is not None:
-        if ref_norm_sq is None:
-            raise ValueError("ref_dot needs ref_norm_sq")
-        dots = w @ ref_dot.to(torch.float64).cpu()
-        cos = dots / (norms * math.sqrt(max(float(ref_norm_sq), 0.0)))
-    elif cross is not None:
-        if ref_gram is None:
-            raise ValueError("cross needs ref_gram")
-        c = w @ cross.to(torch.float64).cpu() @ w.T  # <g_i, y_j>
-        q = w @ ref_gram.to(torch.float64).cpu() @ w.T  # <y_i, y_j>
-        # leave-own-out reference mean r_i = (S - y_i) / (M - 1)
-        dot = (c.sum(dim=1) - torch.diagonal(c)) / (m - 1)
-        r_sq = (q.sum() - 2 * q.sum(dim=1) + torch.diagonal(q)) / (m - 1) ** 2
-        cos = dot / (norms * torch.sqrt(torch.clamp(r_sq, min=0.0)))
-    if cos is not None:
-        cos = torch.nan_to_num(cos, nan=0.0)
-
-    def point(mean_sq_: Tensor, trace_: Tensor) -> dict[str, Tensor]:
-        if deterministic:
-            trace_ = torch.zeros_like(trace_)
-        signal = torch.clamp(mean_sq_ - trace_ / m, min=0.0)
-        snr = torch.where(trace_ > 0, signal / trace_, torch.full_like(signal, math.inf))
-        return {"trace_cov": trace_, "mean_norm": torch.sqrt(signal), "snr": snr}
-
-    est = point(mean_sq.reshape(1), trace.reshape(1))
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, m, (int(n_boot), m), generator=gen)
-    counts = torch.zeros(int(n_boot), m, dtype=torch.float64)
-    counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
-    boot = point(*_moments(counts, g))
-    metrics: dict[str, MetricEstimate] = {}
-    for name in ("trace_cov", "mean_norm", "snr"):
-        value = float(est[name][0])
-        if deterministic and name in ("trace_cov", "snr"):
-            metrics[name] = MetricEstimate(value, value, value, 0.0)
-            continue
-        lo, hi, se = _interval(boot[name].numpy(), level)
-        metrics[name] = MetricEstimate(value, lo, hi, se)
-    if cos is not None:
-        value = float(cos.mean())
-        lo, hi, se = _interval(((counts @ cos) / m).numpy(), level)
-        metrics["cosine"] = MetricEstimate(value, lo, hi, se)
-    return m, metrics, deterministic
 
 
 def gradient_stats(
@@ -285,24 +191,76 @@ def gradient_stats(
     dropped). ``reference`` (P,): fixed reference gradient for ``cosine``; or
     ``reference_samples`` (N, P): reference draws aligned with ``samples`` (leave-own-draws-out
     reference mean). Definitions, intervals and the deterministic case: see the module docstring.
+    The bootstrap works on the (M, M) Gram matrix or on the (M, P) estimates, whichever is
+    cheaper, so its cost is O(min(M, P) M n_boot).
     """
     x = samples.detach().to(torch.float64).cpu()
     if x.dim() != 2:
         raise ValueError(f"samples must be (N, P), got shape {tuple(x.shape)}")
-    kwargs: dict[str, Any] = {}
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n, p = x.shape
+    m = n // batch_size
+    if m < 2:
+        raise ValueError(f"{n} draws give {m} batch-{batch_size} estimates; need at least 2")
+    g = _batch_means(x, batch_size)  # (M, P)
+    sq = (g * g).sum(dim=1)  # ||g_i||^2
+    mean = g.mean(dim=0)
+    mean_sq = float(mean @ mean)
+    trace = float((sq.sum() - m * mean_sq) / (m - 1))
+    deterministic = trace <= _DETERMINISTIC_RTOL * max(mean_sq, 1e-300)
+
+    # per-estimate cosines to the reference (the reference is not resampled)
+    cos: Tensor | None = None
+    norms = torch.sqrt(sq)
     if reference is not None:
         r = reference.detach().to(torch.float64).cpu().reshape(-1)
-        kwargs = {"ref_dot": x @ r, "ref_norm_sq": float(r @ r)}
+        cos = (g @ r) / (norms * torch.linalg.vector_norm(r))
     elif reference_samples is not None:
-        y = reference_samples.detach().to(torch.float64).cpu()
-        if y.shape != x.shape:
-            raise ValueError(f"reference_samples {tuple(y.shape)} != samples {tuple(x.shape)}")
-        kwargs = {"cross": x @ y.T, "ref_gram": y @ y.T}
-    m, metrics, det = stats_from_gram(
-        x @ x.T, batch_size=batch_size, n_boot=n_boot, level=level, seed=seed, **kwargs
-    )
-    mean = x[: m * batch_size].mean(dim=0)
-    return GradientStats(mean, m, batch_size, metrics, det)
+        y_all = reference_samples.detach().to(torch.float64).cpu()
+        if y_all.shape != x.shape:
+            raise ValueError(f"reference_samples {tuple(y_all.shape)} != samples {(n, p)}")
+        y = _batch_means(y_all, batch_size)
+        total = y.sum(dim=0)
+        # leave-own-draws-out reference r_i = (S - y_i) / (M - 1)
+        dot = (g @ total - (g * y).sum(dim=1)) / (m - 1)
+        r_sq = (total @ total - 2 * (y @ total) + (y * y).sum(dim=1)) / (m - 1) ** 2
+        cos = dot / (norms * torch.sqrt(torch.clamp(r_sq, min=0.0)))
+    if cos is not None:
+        cos = torch.nan_to_num(cos, nan=0.0)
+
+    def point(mean_sq_: Tensor, trace_: Tensor) -> dict[str, Tensor]:
+        if deterministic:
+            trace_ = torch.zeros_like(trace_)
+        signal = torch.clamp(mean_sq_ - trace_ / m, min=0.0)
+        snr = torch.where(trace_ > 0, signal / trace_, torch.full_like(signal, math.inf))
+        return {"trace_cov": trace_, "mean_norm": torch.sqrt(signal), "snr": snr}
+
+    est = point(torch.tensor([mean_sq], dtype=F64), torch.tensor([trace], dtype=F64))
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, m, (int(n_boot), m), generator=gen)
+    counts = torch.zeros(int(n_boot), m, dtype=F64)
+    counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=F64))
+    if p <= m:  # feature space
+        boot_mean_sq = ((counts @ g) ** 2).sum(dim=1) / m**2
+    else:  # Gram space
+        gram = g @ g.T
+        boot_mean_sq = ((counts @ gram) * counts).sum(dim=1) / m**2
+    boot_trace = (counts @ sq - m * boot_mean_sq) / (m - 1)
+    boot = point(boot_mean_sq, boot_trace)
+    metrics: dict[str, MetricEstimate] = {}
+    for name in ("trace_cov", "mean_norm", "snr"):
+        value = float(est[name][0])
+        if deterministic and name in ("trace_cov", "snr"):
+            metrics[name] = MetricEstimate(value, value, value, 0.0)
+            continue
+        lo, hi, se = _interval(boot[name].numpy(), level)
+        metrics[name] = MetricEstimate(value, lo, hi, se)
+    if cos is not None:
+        value = float(cos.mean())
+        lo, hi, se = _interval(((counts @ cos) / m).numpy(), level)
+        metrics["cosine"] = MetricEstimate(value, lo, hi, se)
+    return GradientStats(mean, m, batch_size, metrics, deterministic)
 
 
 def estimate_gradient_stats(

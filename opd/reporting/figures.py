@@ -34,6 +34,7 @@ from opd.reporting.tables import (
     checkpoint_values,
     column_label,
     final_values,
+    report_safe,
     row_label,
     summary_score,
     table1_rows,
@@ -443,10 +444,11 @@ def loss_noise(metrics: pd.DataFrame, cfg: Mapping[str, Any], info: Mapping[str,
             ev = _evals_to_reach(curve(sc.points, r), target)
             reach.append(f"{sweep_labels[r]} {_count(ev) if math.isfinite(ev) else 'not reached'}")
     cap = (
-        "(a) Closed-form OPD objective against the PPO-style estimator (and the sampled "
+        "Left (a): the closed-form OPD objective against the PPO-style estimator (and the sampled "
         "log-ratio REINFORCE estimator) at a = 0.7. Final: "
         + ("; ".join(parts_a) or NO_DATA)
-        + ". (b) Noise-level sweep of the closed form, the ODE objective included. Final: "
+        + ". Right (b): the noise-level sweep of the closed form, the ODE objective included. "
+        + "Final: "
         + ("; ".join(parts_b) or NO_DATA)
         + "."
     )
@@ -552,7 +554,7 @@ def save(plot: Plot, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf", out_dir / f"{name}.rst"]
     plot.figure.savefig(paths[0], dpi=150, bbox_inches="tight")
     plot.figure.savefig(paths[1], bbox_inches="tight")
-    paths[2].write_text(plot.caption.strip() + "\n", encoding="utf-8")
+    paths[2].write_text(report_safe(plot.caption), encoding="utf-8")
     plt.close(plot.figure)
     return paths
 

@@ -425,6 +425,14 @@ def caption(table: Table, cfg: Mapping[str, Any]) -> str:
     return text
 
 
+def report_safe(caption: str) -> str:
+    """The caption as Snakemake's report reads it (a Jinja template): braces kept literal."""
+    text = caption.strip()
+    if "{" in text or "}" in text:
+        text = "{% raw %}" + text + "{% endraw %}"
+    return text + "\n"
+
+
 def write_tables(tables: Mapping[str, Table], cfg: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write ``table1.{md,tex,csv,rst}`` and ``ablations.{md,csv,rst}`` under ``out_dir``."""
     out_dir = Path(out_dir)
@@ -441,7 +449,7 @@ def write_tables(tables: Mapping[str, Table], cfg: Mapping[str, Any], out_dir: P
         files = {
             "csv": None,
             "md": to_markdown(table, title, p),
-            "rst": caption(table, cfg),
+            "rst": report_safe(caption(table, cfg)),
         }
         if name == "table1":
             files["tex"] = to_latex(table, title + ". " + " ".join(notes(table)[:2]), p)

@@ -228,7 +228,10 @@ class TextTower(nn.Module):
 
 
 class PreferenceModel(nn.Module):
-    """``s(image, text) = MLP([f_img, f_img * f_txt])``: a scalar preference logit."""
+    """``s(image, text) = MLP([f_img, f_img * f_txt]) + alpha * cos(f_img, f_txt)``: a scalar
+    preference logit. The cosine term is CLIP's score; initialised from a trained contrastive
+    model (as PickScore and HPS start from CLIP) it gives prompt alignment from the first step,
+    while the MLP learns the prompt-independent taste."""
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
@@ -236,13 +239,13 @@ class PreferenceModel(nn.Module):
         self.image = ImageTower(cfg)
         self.text = TextTower(cfg)
         self.head = nn.Sequential(
-            nn.Linear(2 * cfg.embed_dim, cfg.head_hidden),
-            _act(cfg.activation),
-            nn.Linear(cfg.head_hidden, 1),
+            nn.Linear(2 * cfg.embed_dim, cfg.head_hidden), _act(cfg.activation), nn.Linear(cfg.head_hidden, 1)
         )
+        self.alpha = nn.Parameter(torch.tensor(5.0))
 
     def score_features(self, f_img: torch.Tensor, f_txt: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([f_img, f_img * f_txt], dim=-1)).squeeze(-1)
+        cos = (F.normalize(f_img, dim=-1) * F.normalize(f_txt, dim=-1)).sum(-1)
+        return self.head(torch.cat([f_img, f_img * f_txt], dim=-1)).squeeze(-1) + self.alpha * cos
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.score_features(self.image(x), self.text(ids))

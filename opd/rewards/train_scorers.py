@@ -130,14 +130,42 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 # --------------------------------------------------------------------------------------------
 # Generic fitting (plain arrays in, trained model out)
 # --------------------------------------------------------------------------------------------
+def init_towers_from(
+    model: PreferenceModel | ContrastiveModel,
+    vocab: Vocab,
+    source: PreferenceModel | ContrastiveModel,
+    source_vocab: Vocab,
+) -> int:
+    """Copy ``source``'s image tower, text MLP and the embeddings of the tokens both vocabularies
+    share into ``model`` (the way PickScore / HPS start from CLIP); returns the tokens copied."""
+    model.image.load_state_dict(source.image.state_dict())
+    model.text.mlp.load_state_dict(source.text.mlp.state_dict())
+    shared = [(i, source_vocab.index[t]) for i, t in enumerate(vocab.tokens) if t in source_vocab.index]
+    with torch.no_grad():
+        dst, src = zip(*shared, strict=True) if shared else ((), ())
+        model.text.embed.weight[list(dst)] = source.text.embed.weight[list(src)]
+    return len(shared)
+
+
 def fit_preference(
-    data: PairData, cfg: TrainConfig, seed: int, vocab: Vocab | None = None
+    data: PairData,
+    cfg: TrainConfig,
+    seed: int,
+    vocab: Vocab | None = None,
+    init: tuple[PreferenceModel | ContrastiveModel, Vocab] | None = None,
 ) -> tuple[PreferenceModel, Vocab, list[float]]:
     """Fit a preference model with the Bradley-Terry loss; returns (model, vocab, losses).
 
-    Deterministic for a given ``seed`` and thread count; the caller's global RNG is untouched.
+    ``init``: a trained (model, vocab) whose towers start the new model (same architecture); its
+    vocabulary is merged into the new one. Deterministic for a given ``seed`` and thread count;
+    the caller's global RNG is untouched.
     """
-    vocab = vocab or Vocab.build(data.prompts, min_count=cfg.vocab_min_count)
+    if vocab is None:
+        texts = list(data.prompts)
+        vocab = Vocab.build(texts, min_count=cfg.vocab_min_count)
+        if init is not None:
+            extra = [t for t in init[1].tokens if t not in vocab.index]
+            vocab = Vocab([*vocab.tokens, *extra], vocab.bigrams, vocab.max_len)
     arch = dataclasses.replace(cfg.arch, kind="preference", vocab_size=len(vocab))
     xa, xb = _to_nchw_uint8(data.images_a), _to_nchw_uint8(data.images_b)
     ids = vocab.encode(data.prompts)
@@ -147,6 +175,8 @@ def fit_preference(
         torch.manual_seed(seed)
         model = build_model(arch)
         assert isinstance(model, PreferenceModel)
+        if init is not None:
+            init_towers_from(model, vocab, *init)
         opt = _optimizer(model, cfg)
         gen = torch.Generator().manual_seed(seed)
         model.train()

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from opd.faults import maybe_fail
+
 MANIFEST = "manifest.json"
 PREFIX = "step_"
 
@@ -70,6 +72,7 @@ def save_checkpoint(
         path = tmp / f"{group}.safetensors"
         save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(path))
         files[path.name] = _sha256(path)
+        maybe_fail("checkpoint.write", step)
     data = dict(manifest)
     data["step"] = step
     data["files"] = files

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from opd.config import build_dataclass, config_hash
+from opd.faults import maybe_fail
 from opd.registry import METHODS
 from opd.training import checkpoint as ckpt
 from opd.training.base import STUDENT, Method, RunContext, keyed_seed
@@ -209,6 +210,7 @@ def train_run(
         if opt is not None:
             opt.zero_grad(set_to_none=True)
         logs = method.step(it)
+        maybe_fail("train.step", it + 1)
         for key, value in logs.items():
             _check_finite(key, float(value), it)
         if opt is not None:

@@ -272,6 +272,13 @@ def test_finished_workflow_reruns_nothing_and_tables_alone_regenerate(tmp_path):
     rc, out = snakemake(work, "-n", "reproduce", *smoke, env=env)
     assert rc == 0 and "Nothing to be done" in out, out
 
+    # editing one method's section reruns that method's jobs and what reads them, nothing else
+    rc, out = snakemake(work, "-n", "reproduce", *smoke, "methods={opd: {steps: 3}}", env=env)
+    assert rc == 0, out
+    stats = job_stats(out)
+    assert stats["train_run"] == 1 and stats["evaluate_run"] == 1, stats
+    assert not {"train_teacher", "pretrain_base", "build_world", "evaluate_base"} & set(stats)
+
     (work / "results/smoke/tables/table1.md").unlink()
     rc, out = snakemake(work, "-n", "tables", *smoke, env=env)
     assert rc == 0, out
