@@ -34,7 +34,7 @@ def _teachers_for(cfg: dict, run: str, teachers: dict) -> dict:
 
 
 def _final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    tensors, manifest = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir / "checkpoints"))
+    tensors, _manifest = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir / "checkpoints"))
     return tensors
 
 
@@ -77,7 +77,7 @@ RESUME_RUNS = ["teacher_composition", "teacher_text", *SMOKE_RUNS]
 @pytest.mark.parametrize("run", RESUME_RUNS)
 def test_sigkill_mid_run_resumes_bitwise(smoke_stage1, smoke_teachers, tmp_path, run):
     cfg = smoke_stage1
-    cls, mcfg, _ = resolve_method(cfg, run)
+    _cls, mcfg, _ = resolve_method(cfg, run)
     teachers = _teachers_for(cfg, run, smoke_teachers)
     ref = train_run(cfg, run, 0, tmp_path / "ref", teachers, progress=False)
     if mcfg.steps < 2:
