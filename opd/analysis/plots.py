@@ -329,8 +329,9 @@ def retention_figure(
     curves = retention_curves(df, cfg)
     runs = curves[curves["role"].isin(list(roles))]
     run_names = list(dict.fromkeys(runs.sort_values(["role", "run"])["run"]))
+    palette = "tab10" if len(run_names) <= 10 else "husl"
     colors = dict(
-        zip(run_names, sns.color_palette("tab20", n_colors=max(len(run_names), 3)), strict=False)
+        zip(run_names, sns.color_palette(palette, n_colors=max(len(run_names), 3)), strict=False)
     )
     ncol = min(len(cols), 3) or 1
     nrow = max(math.ceil(len(cols) / ncol), 1)
@@ -361,7 +362,7 @@ def retention_figure(
                 ax.axvline(x, color=colors[run], lw=0.8, alpha=0.6, linestyle=(0, (4, 2)))
         tv = teachers.get((task, col))
         if tv is not None and math.isfinite(tv):
-            ax.axhline(tv, color="black", lw=1.0, linestyle="--", label=f"teacher_{task} (final)")
+            ax.axhline(tv, color="black", lw=1.0, linestyle="--", label="task teacher (final)")
         b = base[base["metric"] == col]["value"]
         if len(b):
             ax.axhline(float(b.mean()), color="0.5", lw=1.0, linestyle=":", label="base + CFG")
@@ -401,9 +402,17 @@ def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFr
         return parts[0] + " No evaluations yet."
     main = table[table["metric"].isin(cols)]
     own = main[main["statistic"] == "drop_after_own_stage"]
+    finals = (
+        table[table["statistic"] == "stage_end"]
+        .groupby("run")["stage"]
+        .agg(lambda labels: max(labels, key=lambda lab: int(str(lab).split(":", 1)[0])))
+    )
     for row in own.itertuples():
+        if row.stage == finals.get(row.run):
+            continue  # the task's own stage is the last one: nothing came after it
+        verb = "loses" if row.value >= 0 else "gains"
         parts.append(
-            f"{row.run} loses {_num(row.value)} on {row.metric} after its last "
+            f"{row.run} {verb} {_num(abs(row.value))} on {row.metric} after its last "
             f"{cfg['benchmarks'][row.metric]['task']} stage ({row.stage})."
         )
     drops = main[(main["statistic"] == "drop") & main["role"].isin(["table1", "ablation"])]

@@ -83,6 +83,8 @@ class RunContext:
     compute: ComputeCounter
     teachers: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> adapter name
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0  # data-parallel process index (each takes whole prompt groups)
+    world_size: int = 1
     _embed_cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def sample_prompts(

@@ -77,6 +77,31 @@ def _named_trainable(model: Any, adapter: str) -> dict[str, torch.nn.Parameter]:
     return dict(model.adapter_named_parameters(adapter))
 
 
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size) of this process; joins the process group that ``accelerate launch``
+    or ``torchrun`` describe in the environment (gloo on CPU, nccl on CUDA)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_mean(grads: list[torch.Tensor | None], world_size: int) -> None:
+    """Average gradients over the data-parallel processes (each holds a shard's mean)."""
+    import torch.distributed as dist
+
+    for g in grads:
+        if g is not None:
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            g.div_(world_size)
+
+
 def _check_finite(name: str, value: float, iteration: int) -> None:
     if not math.isfinite(value):
         raise NonFiniteError(f"non-finite {name} ({value}) at step {iteration}")
@@ -126,6 +151,8 @@ def train_run(
     cls, cfg, section = resolve_method(profile, run)
     compute = ComputeCounter()
     ctx: RunContext = build_context(profile, seed, compute, teachers or {})
+    ctx.rank, ctx.world_size = init_distributed()
+    is_main = ctx.rank == 0
     torch.manual_seed(keyed_seed(seed, run, "init"))
     lora = profile["model"]["lora"]
     method = cls(ctx, cfg)
@@ -173,10 +200,13 @@ def train_run(
         _truncate_metrics(metrics_path, start)
     elif metrics_path.exists():
         metrics_path.unlink()
-    _write_run_info(out_dir, profile, run, section, seed, chash)
+    if is_main:
+        _write_run_info(out_dir, profile, run, section, seed, chash)
     total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
 
     def save(step: int) -> None:
+        if not is_main:  # one writer; every process holds the same weights
+            return
         groups = {"student": dict(params), "ema": dict(ema.shadow)}
         opt_meta: dict[str, Any] = {}
         if opt is not None:
@@ -211,6 +241,8 @@ def train_run(
             opt.zero_grad(set_to_none=True)
         logs = method.step(it)
         maybe_fail("train.step", it + 1)
+        if ctx.world_size > 1 and params:
+            _all_reduce_mean([p.grad for p in params.values()], ctx.world_size)
         for key, value in logs.items():
             _check_finite(key, float(value), it)
         if opt is not None:
@@ -236,14 +268,15 @@ def train_run(
             {"step": it + 1, "stage": stage, "task": "all", "metric": k, "value": v}
             for k, v in compute.as_dict().items()
         ]
-        _append_metrics(metrics_path, rows)
+        if is_main:
+            _append_metrics(metrics_path, rows)
         bar.update(1)
         bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(logs.items())[:3]})
         step = it + 1
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
     bar.close()
-    if total == cfg.steps:
+    if total == cfg.steps and is_main:
         if has_student:  # the final EMA weights as a standalone adapter (teachers are loaded so)
             with torch.no_grad():
                 live = {k: v.detach().clone() for k, v in params.items()}

@@ -60,6 +60,18 @@ def roll(
     ctx = method.ctx
     model = ctx.model
     prompts, metadata, groups = ctx.sample_prompts(task, n_prompts, iteration, group_size)
+    ids = np.arange(len(prompts))
+    if ctx.world_size > 1:  # data parallel: this process takes whole groups, global sample ids
+        if n_prompts % ctx.world_size:
+            raise ValueError(
+                f"prompts_per_task ({n_prompts}) must be divisible by the number of "
+                f"processes ({ctx.world_size})"
+            )
+        keep = groups % ctx.world_size == ctx.rank
+        ids = ids[keep]
+        prompts = [prompts[i] for i in ids]
+        metadata = [metadata[i] for i in ids]
+        groups = groups[keep]
     embeds = ctx.embed(prompts)
     steps = num_steps or method.num_steps
     grid = time_grid(steps, shift=method.shift)
@@ -72,7 +84,7 @@ def roll(
             grid,
             sampler,
             seed,
-            list(range(n)),
+            ids.tolist(),
         )
     ctx.compute.forward(n * steps, guidance)
     ctx.compute.samples += n

@@ -169,11 +169,11 @@ def test_snakefmt_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-MALFORMED = {
-    "unknown method": (["--config", "methods={nosuch: {}}"], "methods.nosuch"),
-    "wrong type": (["--config", "seeds=abc"], "seeds"),
-    "negative steps": (["--config", "methods={opd: {steps: -1}}"], "methods.opd.steps"),
-    "missing key": (["--config", "benchmarks={extra: {task: text}}"], "benchmarks.extra"),
+MALFORMED = {  # a --config entry or the content of a --configfile, and the key to be named
+    "unknown method": ("methods={nosuch: {}}", "methods.nosuch"),
+    "wrong type": ("seeds=abc", "seeds"),
+    "negative steps": ("methods={opd: {steps: -1}}", "methods.opd.steps"),
+    "missing key": ("benchmarks={extra: {task: text}}", "benchmarks.extra"),
     "file: negative steps": ({"methods": {"opd": {"steps": -3}}}, "methods.opd.steps"),
     "file: wrong type": ({"eval": {"num_steps": "ten"}}, "eval.num_steps"),
     "file: unknown teacher": (
@@ -191,11 +191,7 @@ def test_malformed_config_stops_before_any_job_naming_the_key(case, tmp_path):
         bad.write_text(yaml.safe_dump(spec))
         args = ["--configfile", str(CONFIG), str(bad), "--config", "profile=smoke"]
     else:
-        args = (
-            [*spec, "--config", "profile=smoke"]
-            if spec[0] != "--config"
-            else ["--config", "profile=smoke", *spec[1:]]
-        )
+        args = ["--config", "profile=smoke", spec]
     work = tmp_path / "work"
     work.mkdir()
     rc, out = snakemake(work, "-n", "reproduce", *args)
