@@ -282,6 +282,14 @@ def variance_caption(df: pd.DataFrame) -> str:
             parts.append(
                 f"Median SNR over rollouts at a = {a:g}, batch {b_big}: {'; '.join(snrs)}{note}."
             )
+    grpo = df[(df["estimator"] == "grpo") & df["metric"].isin(["trace_cov", "mean_norm"])]
+    dead = sorted(a for a, g in grpo.groupby("noise_level") if bool((g["value"] == 0).all()))
+    if dead:
+        parts.append(
+            "The task reward was constant over the rollouts at a = "
+            + ", ".join(f"{a:g}" for a in dead)
+            + ": the GRPO gradient is identically zero there (SNR undefined)."
+        )
     ode = _median_metric(
         df, "snr", estimator="closed_form", noise_level=0.0, mode="rollout", batch_size=b_big
     )

@@ -27,12 +27,21 @@ def _rows(run, role, seed, points, metric, stage="train", method=None):
         for eval_seed, off in ((1000, 0.01), (1001, -0.01)):
             out.append(
                 {
-                    "profile": "test", "run": run, "method": method or run, "role": role,
-                    "seed": seed, "stage": st, "step": step, "model_evals": 100 * step,
-                    "wall_seconds": float(step), "task": "", "metric": metric,
-                    "eval_seed": eval_seed, "value": value + off,
+                    "profile": "test",
+                    "run": run,
+                    "method": method or run,
+                    "role": role,
+                    "seed": seed,
+                    "stage": st,
+                    "step": step,
+                    "model_evals": 100 * step,
+                    "wall_seconds": float(step),
+                    "task": "",
+                    "metric": metric,
+                    "eval_seed": eval_seed,
+                    "value": value + off,
                 }
-            )  # fmt: skip
+            )
     return out
 
 

@@ -164,9 +164,17 @@ def test_step_grads_match_autograd(tiny_model) -> None:
     x_next = 0.9 * x + 0.1 * torch.randn(4, 3, 8, 8, generator=gen)
     extra = {"reward_to_go": torch.rand(4, generator=gen, dtype=F64), "advantages": torch.randn(4)}
     grads, kl = V._step_grads(
-        m, "student", emb, x, mu_t, (t, tn, a), list(V.ESTIMATORS), 4.5,
-        next_state=x_next, extra=extra,
-    )  # fmt: skip
+        m,
+        "student",
+        emb,
+        x,
+        mu_t,
+        (t, tn, a),
+        list(V.ESTIMATORS),
+        4.5,
+        next_state=x_next,
+        extra=extra,
+    )
     assert kl is not None and kl.shape == (4,)
     for name in V.ESTIMATORS:
         for r in (0, 3):
@@ -186,10 +194,18 @@ def test_variance_study_tiny(tiny_model) -> None:
         return images.astype(np.float64).mean(axis=(1, 2, 3))
 
     df = V.variance_study(
-        tiny_model, "teacher_x", "student", ["red circle", "blue"],
-        noise_levels=[0.0, 0.7], batch_sizes=[1, 2], draws=4, num_steps=3, seed=0,
-        reward_fn=reward, n_boot=20,
-    )  # fmt: skip
+        tiny_model,
+        "teacher_x",
+        "student",
+        ["red circle", "blue"],
+        noise_levels=[0.0, 0.7],
+        batch_sizes=[1, 2],
+        draws=4,
+        num_steps=3,
+        seed=0,
+        reward_fn=reward,
+        n_boot=20,
+    )
     assert list(df.columns) == list(V.COLUMNS)
     assert set(df["step"]) == {0, 1}
     ode = df[df["noise_level"] == 0.0]
@@ -228,11 +244,20 @@ def _synthetic_table() -> pd.DataFrame:
                         for metric, v in values.items():
                             rows.append(
                                 dict(
-                                    estimator=name, mode=mode, noise_level=a, batch_size=b,
-                                    step=j, t=1.0 - j / 3, metric=metric, value=v,
-                                    ci_low=0.8 * v, ci_high=1.2 * v, se=0.1, draws=16 // b,
+                                    estimator=name,
+                                    mode=mode,
+                                    noise_level=a,
+                                    batch_size=b,
+                                    step=j,
+                                    t=1.0 - j / 3,
+                                    metric=metric,
+                                    value=v,
+                                    ci_low=0.8 * v,
+                                    ci_high=1.2 * v,
+                                    se=0.1,
+                                    draws=16 // b,
                                 )
-                            )  # fmt: skip
+                            )
     return pd.DataFrame(rows, columns=list(V.COLUMNS))
 
 
