@@ -116,7 +116,7 @@ def load_resolved(path: Path, set_items: list[str] | None = None) -> dict[str, A
 
 def write_resolved(cfg: dict[str, Any], path: Path) -> bool:
     """Write ``cfg`` as YAML unless the file already holds the same content (keeps mtimes)."""
-    text = yaml.safe_dump(cfg, sort_keys=True)
+    text = yaml.safe_dump(cfg, sort_keys=False)
     path = Path(path)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
@@ -143,8 +143,17 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     from opd.registry import METHODS
 
-    for run_name, section in (cfg.get("methods") or {}).items():
-        section = dict(section or {})
+    methods = cfg.get("methods") or {}
+    for key in ("table1", "ablations"):
+        for i, run_name in enumerate(cfg.get(key) or []):
+            if run_name not in methods:
+                raise ConfigError(
+                    f"{key}[{i}]: {run_name!r} is not a key of methods; known: "
+                    f"{', '.join(sorted(methods))}"
+                )
+    defaults = dict(cfg.get("method_defaults") or {})
+    for run_name, section in methods.items():
+        section = {**defaults, **dict(section or {})}
         method = section.pop("method", run_name)
         try:
             cls = METHODS.get(method)

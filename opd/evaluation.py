@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from opd.faults import maybe_fail
+from opd.models import PromptEmbeds
 from opd.sampling import make_sampler, rollout, time_grid
 from opd.training import checkpoint as ckpt
 from opd.training.base import STUDENT
@@ -67,18 +68,26 @@ class Evaluator:
         }
 
     @torch.no_grad()
-    def generate(self, task: str, adapter: str | None, guidance: float, seed: int) -> np.ndarray:
+    def generate(self, task: str, adapter: str | None, guidance: float) -> list[np.ndarray]:
+        """Images of ``task``'s prompts for every evaluation seed, in one batched rollout.
+
+        Sample ``i`` of seed index ``k`` has the id ``k * n + i`` under the first evaluation seed,
+        so the noise of every (seed, prompt) pair is fixed whatever the batch layout.
+        """
         prompts, _ = self.prompts[task]
-        embeds = self.embeds[task]
+        n, k = len(prompts), len(self.seeds)
+        embeds = PromptEmbeds.cat([self.embeds[task]] * k)
         traj = rollout(
             self.model.velocity_fn(embeds, guidance_scale=guidance, adapter=adapter),
-            self.model.latent_shape(len(prompts))[1:],
+            self.model.latent_shape(n)[1:],
             self.grid,
             make_sampler("ode"),
-            seed,
-            list(range(len(prompts))),
+            self.seeds[0],
+            list(range(n * k)),
+            record=False,
         )
-        return self.model.decode(traj.states[-1])
+        images = self.model.decode(traj.states[-1])
+        return [images[j * n : (j + 1) * n] for j in range(k)]
 
     def evaluate(
         self, adapter: str | None, guidance: float, keep_samples: int = 0
@@ -87,8 +96,8 @@ class Evaluator:
         rows: list[dict[str, Any]] = []
         samples: dict[str, Any] = {}
         for task, (prompts, meta) in self.prompts.items():
-            for k, seed in enumerate(self.seeds):
-                images = self.generate(task, adapter, guidance, seed)
+            per_seed = self.generate(task, adapter, guidance)
+            for k, (seed, images) in enumerate(zip(self.seeds, per_seed, strict=True)):
                 if k == 0 and keep_samples:
                     samples[task] = (images[:keep_samples], prompts[:keep_samples])
                 for column, spec in self.columns.items():

@@ -42,7 +42,7 @@ rule grad_variance:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=config_key(
             "variance", "sampling", *task_keys("prompts", "teacher.guidance")
@@ -57,14 +57,16 @@ rule plot_grad_variance:
         cfg=ancient(CONFIG_FILE),
         table=f"{TABLES_DIR}/grad_variance.csv",
     output:
-        png=report(
+        png=report_entry(
             f"{FIGURES_DIR}/grad_variance.png",
-            caption="../report/grad_variance.rst",
+            generated_caption(f"{FIGURES_DIR}/grad_variance.png"),
             category="Analyses",
             subcategory="gradient variance",
             labels={"figure": "grad_variance", "format": "png"},
         ),
         pdf=f"{FIGURES_DIR}/grad_variance.pdf",
+        rst=f"{FIGURES_DIR}/grad_variance.rst",
+        txt=f"{FIGURES_DIR}/grad_variance.caption.txt",
     log:
         f"{LOGS}/analysis/plot_grad_variance.log",
     conda:
@@ -81,14 +83,16 @@ rule retention:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
     output:
-        png=report(
+        png=report_entry(
             f"{FIGURES_DIR}/retention.png",
-            caption="../report/retention.rst",
+            generated_caption(f"{FIGURES_DIR}/retention.png"),
             category="Analyses",
             subcategory="retention",
             labels={"figure": "retention", "format": "png"},
         ),
         pdf=f"{FIGURES_DIR}/retention.pdf",
+        rst=f"{FIGURES_DIR}/retention.rst",
+        txt=f"{FIGURES_DIR}/retention.caption.txt",
         table=report(
             f"{TABLES_DIR}/retention.csv",
             caption="../report/retention_table.rst",

@@ -71,7 +71,17 @@ write_resolved(CFG, CONFIG_FILE)
 TASKS = list(CFG["tasks"])
 RUNS = list(CFG["methods"])
 ENV = "../envs/opd.yaml"
-GPUS = int((CFG.get("resources") or {}).get("gpu", 0))
+
+
+def job_resources():
+    """Scheduler resources of the GPU jobs: the config's ``resources`` (gpu, mem_mb, runtime)."""
+    given = dict(CFG.get("resources") or {})
+    resources = {"gpu": int(given.get("gpu", 0))}
+    resources.update({k: int(given[k]) for k in ("mem_mb", "runtime") if k in given})
+    return resources
+
+
+GPU_RESOURCES = job_resources()
 
 
 def train_launcher():
@@ -362,10 +372,10 @@ DOCKER_DIR = Path(workflow.basedir) / "docker"
 
 
 def container_images():
-    """Image names: the config's ``containers.images`` or every ``docker/<name>/Dockerfile``."""
+    """Image names: the config's ``containers.images`` or every ``docker/Dockerfile.<name>``."""
     images = (CFG.get("containers") or {}).get("images")
     if images is None:
-        images = sorted(p.parent.name for p in DOCKER_DIR.glob("*/Dockerfile"))
+        images = sorted(p.suffix.lstrip(".") for p in DOCKER_DIR.glob("Dockerfile.*"))
     return list(images)
 
 
@@ -376,9 +386,9 @@ def container_targets():
 
 
 def dockerfile(wildcards):
-    return str(DOCKER_DIR / wildcards.image / "Dockerfile")
+    return str(DOCKER_DIR / f"Dockerfile.{wildcards.image}")
 
 
 def docker_context(wildcards, input):
-    """The build context: the repository root (Dockerfiles copy the package from it)."""
-    return str(Path(input.dockerfile).parents[2])
+    """The build context: the repository root (the images copy the package from it)."""
+    return str(Path(input.dockerfile).parents[1])

@@ -1,5 +1,5 @@
-# Container images from docker/<image>/Dockerfile (the CUDA training image, one image per heavy
-# scorer), built where docker or podman is installed: `snakemake --cores 1 containers`.
+# Container images from docker/Dockerfile.<image> (the CUDA training image, one image per heavy
+# scorer stack), built where docker or podman is installed: `snakemake --cores 1 containers`.
 
 
 rule build_container:

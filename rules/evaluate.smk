@@ -17,7 +17,7 @@ rule evaluate_base:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=EVAL_KEY,
     shell:
@@ -40,7 +40,7 @@ rule evaluate_teacher:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=teacher_eval_key,
         run_dir=done_dir,
@@ -65,7 +65,7 @@ rule evaluate_run:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=EVAL_KEY,
         run_dir=done_dir,

@@ -15,7 +15,7 @@ rule train_run:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=run_config_key,
         out=output_dir,

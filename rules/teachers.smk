@@ -16,7 +16,7 @@ rule train_teacher:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=teacher_config_key,
         out=output_dir,

@@ -33,7 +33,7 @@ rule train_scorers:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=config_key("world", "learned_scorers", "scorer_training", "scorer_options"),
         out=output_dir,
@@ -55,7 +55,7 @@ rule pretrain_base:
         ENV
     threads: 1
     resources:
-        gpu=GPUS,
+        **GPU_RESOURCES,
     params:
         key=config_key("world", "model", "base"),
         out=output_dir,

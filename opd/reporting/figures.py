@@ -191,7 +191,7 @@ def convergence(metrics: pd.DataFrame, cfg: Mapping[str, Any], info: Mapping[str
     else:
         ax.set_xlabel("model evaluations in training (incl. all teachers where used)")
         ax.set_ylabel("summary score (Table 1 Average)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     ax.set_title("Convergence against compute")
     fig.tight_layout()
     cap = (
@@ -225,8 +225,8 @@ def radar(metrics: pd.DataFrame, cfg: Mapping[str, Any], info: Mapping[str, RunI
         )
     ax.set_xticks(angles)
     ax.set_xticklabels([column_label(cfg, c) for c in columns])
-    top = max([1.0, *[float(np.nanmax(v)) for v in normed.values() if np.isfinite(v).any()]])
-    ax.set_ylim(min(0.0, *[float(np.nanmin(v)) for v in normed.values()] or [0.0]), top)
+    finite = np.concatenate([v[np.isfinite(v)] for v in normed.values()] or [np.zeros(0)])
+    ax.set_ylim(min(0.0, float(finite.min(initial=0.0))), max(1.0, float(finite.max(initial=1.0))))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
     ax.set_title("Final metrics, normalised with Table 1's bounds")
     if not runs:
@@ -238,7 +238,10 @@ def radar(metrics: pd.DataFrame, cfg: Mapping[str, Any], info: Mapping[str, RunI
         if vals:
             best = max(vals, key=vals.get)
             bests.append(f"{column_label(cfg, c)}: {_lit(best)} ({_fmt(vals[best], 2)})")
-    means = [f"{_lit(r)} {_fmt(float(np.mean(v)))}" for r, v in normed.items()]
+    means = [
+        f"{_lit(r)} {_fmt(float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan)}"
+        for r, v in normed.items()
+    ]
     cap = (
         "Final metrics (mean over training seeds) min-max normalised with Table 1's bounds "
         "(0 = floor, 1 = ceiling). Mean normalised score: "
@@ -263,9 +266,12 @@ def task_columns(cfg: Mapping[str, Any], task: str) -> list[str]:
 
 
 def _task_score(df: pd.DataFrame, bounds: Mapping[str, Bound], cols: Sequence[str]) -> pd.Series:
-    return pd.DataFrame({c: bounds[c].normalise(df[c].astype(float)) for c in cols}).mean(
-        axis=1, skipna=False
-    )
+    """Mean of the task's normalised columns (those with usable bounds)."""
+    cols = [c for c in cols if bounds[c].usable]
+    if not cols:
+        return pd.Series(math.nan, index=df.index)
+    normed = pd.DataFrame({c: bounds[c].normalise(df[c].astype(float)) for c in cols})
+    return normed.mean(axis=1, skipna=False)
 
 
 def per_task(metrics: pd.DataFrame, cfg: Mapping[str, Any], info: Mapping[str, RunInfo]) -> Plot:

@@ -50,9 +50,13 @@ class Bound:
     hi: float
     source: str
 
+    @property
+    def usable(self) -> bool:
+        """Finite with ceiling > floor; a degenerate metric is left out of the Average."""
+        return math.isfinite(self.lo) and math.isfinite(self.hi) and self.hi > self.lo
+
     def normalise(self, x: Any) -> Any:
-        span = self.hi - self.lo
-        return (x - self.lo) / span if span else x * 0.0
+        return (x - self.lo) / (self.hi - self.lo) if self.usable else x * math.nan
 
 
 def run_info(cfg: Mapping[str, Any]) -> dict[str, RunInfo]:
@@ -168,8 +172,10 @@ def average_bounds(
 
 
 def summary_score(values: pd.DataFrame, bounds: Mapping[str, Bound]) -> pd.Series:
-    """Mean of the min-max-normalised metrics (NaN where a metric is missing)."""
-    cols = list(bounds)
+    """Mean of the min-max-normalised metrics with usable bounds (NaN where one is missing)."""
+    cols = [c for c, b in bounds.items() if b.usable]
+    if not cols:
+        return pd.Series(math.nan, index=values.index)
     normed = pd.DataFrame({c: bounds[c].normalise(values[c].astype(float)) for c in cols})
     return normed.mean(axis=1, skipna=False)
 
@@ -327,7 +333,8 @@ def bounds_lines(table: Table) -> list[str]:
     lines = []
     for col, b in table.bounds.items():
         lo, hi = (f"{v:.4g}" if math.isfinite(v) else "–" for v in (b.lo, b.hi))
-        lines.append(f"{table.labels[col]}: [{lo}, {hi}] ({b.source})")
+        note = "" if b.usable else "; degenerate, left out of the Average"
+        lines.append(f"{table.labels[col]}: [{lo}, {hi}] ({b.source}{note})")
     return lines
 
 

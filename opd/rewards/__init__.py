@@ -13,7 +13,7 @@ from typing import Any
 from opd.registry import SCORERS
 
 # Submodules that register scorers when imported.
-_SCORER_MODULES = ("compose", "text", "learned", "heldout")
+_SCORER_MODULES = ("compose", "text", "learned", "heldout", "paper")
 
 for _mod in _SCORER_MODULES:
     try:

@@ -150,3 +150,92 @@ def quality_scorer() -> Any:
 def pref2_scorer(weights: str | Path | None = None) -> LearnedScorer:
     """ImageReward analog: a second preference model (other utility mix, architecture, seed)."""
     return LearnedScorer("pref2", weights)
+
+
+# --------------------------------------------------------------------------------------------
+# judge
+# --------------------------------------------------------------------------------------------
+JUDGE_ALIGNMENT_WEIGHT = 0.7
+
+
+def _demands(prompt: str, meta: dict[str, Any] | None, config: Any) -> tuple[bool, bool]:
+    """(names objects, asks for text) of one prompt, from its metadata or by parsing it."""
+    from opd.worlds.mini import parse_prompt
+
+    meta = dict(meta or {})
+    if not any(k in meta for k in ("include", "objects", "text")):
+        meta = parse_prompt(prompt, config) if prompt else {}
+    has_objects = bool(meta.get("include") or meta.get("objects"))
+    return has_objects, "text" in meta
+
+
+class JudgeScorer:
+    """UnifiedReward analog on a 1-5 scale: ``1 + 4 * (0.7 * alignment + 0.3 * quality)``.
+
+    Alignment per prompt type: the compositional detector's partial credit (``compose_partial``)
+    when the prompt names objects, the text reader's score (``text``) when it asks for text, the
+    mean of both when it does both; prompts that demand nothing are judged on quality alone
+    (``1 + 4 * quality``). ``components(...)`` returns the parts.
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        from opd.rewards.compose import ComposeScorer
+        from opd.rewards.text import TextScorer
+
+        self.config = config
+        self.compose = ComposeScorer(config, partial=True)
+        self.text = TextScorer(config)
+
+    def components(
+        self,
+        images: np.ndarray,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        images = np.asarray(images)
+        n = len(images)
+        prompts = list(prompts)
+        metas = list(metadata) if metadata is not None else [{}] * n
+        if len(prompts) != n or len(metas) != n:
+            raise ValueError("images, prompts and metadata differ in length")
+        demands = np.array(
+            [_demands(p, m, self.config) for p, m in zip(prompts, metas, strict=True)]
+        )
+        demands = demands.reshape(n, 2)
+        compose = np.full(n, np.nan)
+        text = np.full(n, np.nan)
+        for col, scorer, out in ((0, self.compose, compose), (1, self.text, text)):
+            idx = np.nonzero(demands[:, col])[0]
+            if idx.size:
+                sub_meta = [metas[i] or {} for i in idx]
+                if col == 0:  # the detector reads only object clauses; drop a text target
+                    sub_meta = [{k: v for k, v in m.items() if k != "text"} for m in sub_meta]
+                out[idx] = scorer(images[idx], [prompts[i] for i in idx], sub_meta)
+        quality = quality_score(images)
+        parts = np.stack([compose, text])
+        count = (~np.isnan(parts)).sum(0)
+        has_any = count > 0
+        alignment = np.where(has_any, np.nansum(parts, 0) / np.maximum(count, 1), np.nan)
+        a = JUDGE_ALIGNMENT_WEIGHT
+        mixed = np.where(has_any, a * np.nan_to_num(alignment) + (1 - a) * quality, quality)
+        return {
+            "judge": 1.0 + 4.0 * mixed,
+            "alignment": alignment,
+            "compose_partial": compose,
+            "text": text,
+            "quality": quality,
+        }
+
+    def __call__(
+        self,
+        images: np.ndarray,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> np.ndarray:
+        return self.components(images, prompts, metadata)["judge"].astype(np.float64)
+
+
+@SCORERS.register("judge")
+def judge_scorer(config: Any = None) -> JudgeScorer:
+    """UnifiedReward analog: detector, reader and quality combined per prompt type, 1-5."""
+    return JudgeScorer(config)

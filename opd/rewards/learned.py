@@ -39,7 +39,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,29 +137,46 @@ class Vocab:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ArchConfig:
-    """Architecture hyper-parameters of a learned scorer (stored in its ``config.json``)."""
+    """Architecture hyper-parameters of a learned scorer (stored in its ``config.json``).
+
+    For a preference model these describe its taste tower; ``content`` holds the architecture
+    of its content (CLIP) towers as a JSON dict (None: towers like the taste tower's, without
+    the thumbnail and LCN inputs).
+    """
 
     kind: str = "preference"  # "preference" or "contrastive"
     resolution: int = 24
     channels: tuple[int, ...] = (16, 32, 32)
+    strides: tuple[int, ...] = (2, 1, 2)
     embed_dim: int = 64
     text_dim: int = 64
     head_hidden: int = 64
     activation: str = "relu"
     norm: str = "group"  # "group" (GroupNorm, 4 groups) after every conv, or "none"
+    lcn: bool = False  # add a local-contrast-normalised luminance input channel
+    thumb: int = 0  # > 0: add a thumbnail path (average-pooled by this factor) -> MLP
     vocab_size: int = 2
+    content: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["channels"] = list(self.channels)
+        data["strides"] = list(self.strides)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ArchConfig:
         data = dict(data)
         data["channels"] = tuple(data["channels"])
+        data["strides"] = tuple(data["strides"])
         return cls(**data)
+
+    def content_arch(self) -> ArchConfig:
+        """Architecture of a preference model's content towers."""
+        if self.content is not None:
+            return ArchConfig.from_json(self.content)
+        return replace(self, kind="contrastive", lcn=False, thumb=0, content=None)
 
 
 def _act(name: str) -> nn.Module:
@@ -179,9 +196,20 @@ def images_to_tensor(images: np.ndarray | torch.Tensor, resolution: int) -> torc
     return x.contiguous()
 
 
+def local_contrast(x: torch.Tensor, k: int = 5, c: float = 0.05) -> torch.Tensor:
+    """Local contrast normalisation of the luminance: ``(l - mean_k) / (std_k + c)`` over
+    ``k x k`` windows; (N, 1, H, W). Makes edge profiles independent of their amplitude, so
+    that edge softness is visible whatever the contrast."""
+    lum = x.mean(1, keepdim=True)
+    pad = (k // 2,) * 4
+    mu = F.avg_pool2d(F.pad(lum, pad, mode="replicate"), k, 1)
+    var = F.avg_pool2d(F.pad(lum * lum, pad, mode="replicate"), k, 1) - mu * mu
+    return (lum - mu) / (var.clamp_min(0.0).sqrt() + c)
+
+
 class ImageTower(nn.Module):
-    """Conv stack (strides 2, 1, 2, 1, ...; GroupNorm) -> [flatten, global mean, global max] ->
-    linear.
+    """Conv stack (3x3, ``strides``, GroupNorm) -> [flatten, global mean, global max] -> linear,
+    plus optionally a thumbnail MLP (global layout, brightness, background ramps).
 
     The flattened map keeps where things are (position and counting prompts); the pooled
     features are translation invariant (what is in the image, whatever its place).
@@ -189,10 +217,13 @@ class ImageTower(nn.Module):
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
+        self.lcn = cfg.lcn
+        self.thumb_factor = cfg.thumb
         layers: list[nn.Module] = []
-        c_in, size = 3, cfg.resolution
-        for i, c_out in enumerate(cfg.channels):
-            stride = 2 if i % 2 == 0 else 1
+        c_in, size = 3 + int(cfg.lcn), cfg.resolution
+        if len(cfg.strides) != len(cfg.channels):
+            raise ValueError("ArchConfig.strides and .channels differ in length")
+        for c_out, stride in zip(cfg.channels, cfg.strides, strict=True):
             layers.append(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
             if cfg.norm == "group":
                 layers.append(nn.GroupNorm(4, c_out))
@@ -202,11 +233,22 @@ class ImageTower(nn.Module):
             c_in, size = c_out, (size + 2 - 3) // stride + 1
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(c_in * size * size + 2 * c_in, cfg.embed_dim)
+        self.thumb: nn.Module | None = None
+        if cfg.thumb:
+            n_in = 3 * (cfg.resolution // cfg.thumb) ** 2
+            self.thumb = nn.Sequential(
+                nn.Linear(n_in, 2 * cfg.embed_dim),
+                _act(cfg.activation),
+                nn.Linear(2 * cfg.embed_dim, cfg.embed_dim),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.convs(x)
-        feats = [h.flatten(1), h.mean((2, 3)), h.amax((2, 3))]
-        return self.proj(torch.cat(feats, dim=1))
+        inp = torch.cat([x, local_contrast(x)], dim=1) if self.lcn else x
+        h = self.convs(inp)
+        out = self.proj(torch.cat([h.flatten(1), h.mean((2, 3)), h.amax((2, 3))], dim=1))
+        if self.thumb is not None:
+            out = out + self.thumb(F.avg_pool2d(x, self.thumb_factor).flatten(1))
+        return out
 
 
 class TextTower(nn.Module):
@@ -228,27 +270,44 @@ class TextTower(nn.Module):
 
 
 class PreferenceModel(nn.Module):
-    """``s(image, text) = MLP([f_img, f_img * f_txt]) + alpha * cos(f_img, f_txt)``: a scalar
-    preference logit. The cosine term is CLIP's score; initialised from a trained contrastive
-    model (as PickScore and HPS start from CLIP) it gives prompt alignment from the first step,
-    while the MLP learns the prompt-independent taste."""
+    """A preference logit ``s(image, text)`` built like PickScore / HPS on top of CLIP::
+
+        s = MLP([taste(x), 8 * n(f_img) * n(f_txt)]) + alpha * cos(f_img, f_txt)
+
+    ``f_img``, ``f_txt`` come from the content towers (a CLIP image and text tower, copied from
+    the trained ``clip`` scorer and kept frozen while the preference is fit; ``n`` normalises);
+    ``taste`` is the model's own image tower (conv + thumbnail + local-contrast input), which
+    learns what the raters like about an image beyond its content.
+    """
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image = ImageTower(cfg)
-        self.text = TextTower(cfg)
+        content = cfg.content_arch()
+        self.content_image = ImageTower(content)
+        self.content_text = TextTower(content)
+        self.taste = ImageTower(cfg)
         self.head = nn.Sequential(
-            nn.Linear(2 * cfg.embed_dim, cfg.head_hidden), _act(cfg.activation), nn.Linear(cfg.head_hidden, 1)
+            nn.Linear(cfg.embed_dim + content.embed_dim, cfg.head_hidden),
+            _act(cfg.activation),
+            nn.Linear(cfg.head_hidden, 1),
         )
         self.alpha = nn.Parameter(torch.tensor(5.0))
 
-    def score_features(self, f_img: torch.Tensor, f_txt: torch.Tensor) -> torch.Tensor:
-        cos = (F.normalize(f_img, dim=-1) * F.normalize(f_txt, dim=-1)).sum(-1)
-        return self.head(torch.cat([f_img, f_img * f_txt], dim=-1)).squeeze(-1) + self.alpha * cos
+    def content_features(
+        self, x: torch.Tensor, ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.content_image(x), self.content_text(ids)
+
+    def score_features(
+        self, f_taste: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor
+    ) -> torch.Tensor:
+        prod = F.normalize(f_img, dim=-1) * F.normalize(f_txt, dim=-1)
+        head = self.head(torch.cat([f_taste, 8.0 * prod], dim=-1)).squeeze(-1)
+        return head + self.alpha * prod.sum(-1)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.score_features(self.image(x), self.text(ids))
+        return self.score_features(self.taste(x), *self.content_features(x, ids))
 
 
 class ContrastiveModel(nn.Module):

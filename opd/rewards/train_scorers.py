@@ -118,8 +118,10 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    """AdamW over the trainable parameters; no weight decay on biases, norms and embeddings."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": other, "weight_decay": 0.0},
@@ -130,21 +132,11 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 # --------------------------------------------------------------------------------------------
 # Generic fitting (plain arrays in, trained model out)
 # --------------------------------------------------------------------------------------------
-def init_towers_from(
-    model: PreferenceModel | ContrastiveModel,
-    vocab: Vocab,
-    source: PreferenceModel | ContrastiveModel,
-    source_vocab: Vocab,
-) -> int:
-    """Copy ``source``'s image tower, text MLP and the embeddings of the tokens both vocabularies
-    share into ``model`` (the way PickScore / HPS start from CLIP); returns the tokens copied."""
-    model.image.load_state_dict(source.image.state_dict())
-    model.text.mlp.load_state_dict(source.text.mlp.state_dict())
-    shared = [(i, source_vocab.index[t]) for i, t in enumerate(vocab.tokens) if t in source_vocab.index]
-    with torch.no_grad():
-        dst, src = zip(*shared, strict=True) if shared else ((), ())
-        model.text.embed.weight[list(dst)] = source.text.embed.weight[list(src)]
-    return len(shared)
+@torch.inference_mode()
+def _features(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 2048
+) -> torch.Tensor:
+    return torch.cat([fn(x[s : s + batch]) for s in range(0, len(x), batch)])
 
 
 def fit_preference(
@@ -152,31 +144,40 @@ def fit_preference(
     cfg: TrainConfig,
     seed: int,
     vocab: Vocab | None = None,
-    init: tuple[PreferenceModel | ContrastiveModel, Vocab] | None = None,
+    init: tuple[ContrastiveModel, Vocab] | None = None,
 ) -> tuple[PreferenceModel, Vocab, list[float]]:
     """Fit a preference model with the Bradley-Terry loss; returns (model, vocab, losses).
 
-    ``init``: a trained (model, vocab) whose towers start the new model (same architecture); its
-    vocabulary is merged into the new one. Deterministic for a given ``seed`` and thread count;
-    the caller's global RNG is untouched.
+    ``init``: a trained CLIP model and its vocabulary; its towers become the model's content
+    towers, frozen (their features are computed once), and its vocabulary the model's. Without
+    it the content towers are trained from scratch with the rest. Deterministic for a given
+    ``seed`` and thread count; the caller's global RNG is untouched.
     """
-    if vocab is None:
-        texts = list(data.prompts)
-        vocab = Vocab.build(texts, min_count=cfg.vocab_min_count)
-        if init is not None:
-            extra = [t for t in init[1].tokens if t not in vocab.index]
-            vocab = Vocab([*vocab.tokens, *extra], vocab.bigrams, vocab.max_len)
-    arch = dataclasses.replace(cfg.arch, kind="preference", vocab_size=len(vocab))
+    if init is not None:
+        clip, vocab = init
+        arch = dataclasses.replace(
+            cfg.arch, kind="preference", vocab_size=len(vocab), content=clip.cfg.to_json()
+        )
+    else:
+        vocab = vocab or Vocab.build(data.prompts, min_count=cfg.vocab_min_count)
+        arch = dataclasses.replace(cfg.arch, kind="preference", vocab_size=len(vocab), content=None)
+    res, c_res = arch.resolution, arch.content_arch().resolution
     xa, xb = _to_nchw_uint8(data.images_a), _to_nchw_uint8(data.images_b)
     ids = vocab.encode(data.prompts)
     lab = torch.as_tensor(np.asarray(data.a_wins).astype(np.float32))
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(arch)
-        assert isinstance(model, PreferenceModel)
+        model = PreferenceModel(arch)
+        frozen = init is not None
         if init is not None:
-            init_towers_from(model, vocab, *init)
+            model.content_image.load_state_dict(init[0].image.state_dict())
+            model.content_text.load_state_dict(init[0].text.state_dict())
+            for p in [*model.content_image.parameters(), *model.content_text.parameters()]:
+                p.requires_grad_(False)
+            fa = _features(lambda x: model.content_image(_as_float(x, c_res)), xa)
+            fb = _features(lambda x: model.content_image(_as_float(x, c_res)), xb)
+            ft = _features(model.content_text, ids)
         opt = _optimizer(model, cfg)
         gen = torch.Generator().manual_seed(seed)
         model.train()
@@ -184,15 +185,20 @@ def fit_preference(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             idx = torch.randint(len(data), (min(cfg.batch_size, len(data)),), generator=gen)
-            x = _as_float(torch.cat([xa[idx], xb[idx]]), arch.resolution)
-            f_img = model.image(x)
-            f_txt = model.text(ids[idx]).repeat(2, 1)
-            s = model.score_features(f_img, f_txt)
+            x = _as_float(torch.cat([xa[idx], xb[idx]]), res)
+            if frozen:
+                f_img, f_txt = torch.cat([fa[idx], fb[idx]]), ft[idx].repeat(2, 1)
+            else:
+                x_c = x if c_res == res else _as_float(torch.cat([xa[idx], xb[idx]]), c_res)
+                f_img, f_txt = model.content_image(x_c), model.content_text(ids[idx]).repeat(2, 1)
+            s = model.score_features(model.taste(x), f_img, f_txt)
             loss = bradley_terry_loss(s[: len(idx)], s[len(idx) :], lab[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
+        for p in model.parameters():
+            p.requires_grad_(True)
     model.eval()
     return model, vocab, losses
 

@@ -38,7 +38,8 @@ class NonFiniteError(FloatingPointError):
 
 def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any, dict]:
     """The method class, its validated config and the raw section of run ``run``."""
-    section = dict((profile.get("methods") or {}).get(run) or {})
+    defaults = dict(profile.get("method_defaults") or {})
+    section = {**defaults, **dict((profile.get("methods") or {}).get(run) or {})}
     if run in profile.get("methods", {}):
         name = section.pop("method", run)
     else:  # a teacher run: "teacher_<task>"
@@ -47,6 +48,7 @@ def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any
             known = sorted(profile.get("methods", {}))
             raise KeyError(f"unknown run {run!r}; known: {', '.join(known)} and teacher_<task>")
         section = dict(profile["tasks"][task]["teacher"])
+        section.pop("pretrained", None)  # a published adapter: fetched by the workflow, not trained
         name = section.pop("method")
         guidance = section.pop("guidance", None)
         if guidance is not None:  # the teacher's own CFG, in training and at evaluation
@@ -87,6 +89,8 @@ def init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    if torch.cuda.is_available():  # one GPU per process: "cuda" then means this process's GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -150,8 +154,9 @@ def train_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     cls, cfg, section = resolve_method(profile, run)
     compute = ComputeCounter()
+    rank, world_size = init_distributed()  # first: it picks this process's GPU
     ctx: RunContext = build_context(profile, seed, compute, teachers or {})
-    ctx.rank, ctx.world_size = init_distributed()
+    ctx.rank, ctx.world_size = rank, world_size
     is_main = ctx.rank == 0
     torch.manual_seed(keyed_seed(seed, run, "init"))
     lora = profile["model"]["lora"]

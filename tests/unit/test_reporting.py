@@ -12,7 +12,7 @@ import pytest
 
 from opd.reporting import FIGURES, METRIC_COLUMNS
 from opd.reporting.collect import collect, read_metrics, write_metrics
-from opd.reporting.tables import RunInfo, make_tables, write_tables
+from opd.reporting.tables import RunInfo, bounds_lines, make_tables, write_tables
 
 CFG = {
     "profile": "unit",
@@ -259,3 +259,15 @@ def test_figures_render_to_files_with_generated_captions(tmp_path):
     convergence = (tmp_path / "convergence.rst").read_text()
     assert "``opd``" in convergence and "400 model evaluations" in convergence
     assert "SDE a=0.7" in (tmp_path / "loss_noise.rst").read_text()
+
+
+def test_a_metric_with_equal_floor_and_ceiling_is_left_out_of_the_average():
+    metrics = synthetic_metrics()
+    flat = metrics[metrics["metric"] == "m1"].assign(metric="m3", value=1.0)
+    cfg = {**CFG, "benchmarks": {**CFG["benchmarks"], "m3": {"scorer": "s3", "task": "a"}}}
+    tables = make_tables(pd.concat([metrics, flat], ignore_index=True), cfg, INFO)
+    assert not tables["table1"].bounds["m3"].usable
+    with_m3 = _row(tables["table1"], "opd")["average_mean"]
+    without = _row(make_tables(metrics, CFG, INFO)["table1"], "opd")["average_mean"]
+    assert with_m3 == pytest.approx(without)
+    assert "degenerate, left out of the Average" in "\n".join(bounds_lines(tables["table1"]))
