@@ -3,18 +3,22 @@
 Three scorers are trained inside the workflow (see :mod:`opd.rewards.train_scorers`) and
 registered here:
 
-``pick``, ``hps`` (analogs of PickScore and HPSv2.1)
-    Preference models ``s(image, prompt)``, trained with the Bradley-Terry (pairwise logistic)
-    loss ``-log sigmoid(s(winner) - s(loser))`` on image pairs rendered for the same prompt and
-    labelled by one of the world's hidden utilities (the way PickScore and HPS were fit to human
-    choices). Architecture: a small CNN image tower, a bag-of-words text tower over the world's
-    vocabulary, and an MLP head over ``[image, image * text]``. The score is the raw logit (an
-    unbounded real, like PickScore's logit); only differences between images of one prompt are
-    meaningful.
 ``clip`` (analog of CLIPScore)
-    A contrastive image-text model trained with the symmetric InfoNCE loss on (caption, image)
-    pairs. The score is the cosine similarity of the two normalised embeddings, in [-1, 1]
-    (CLIPScore's ``w * max(cos, 0)`` without the rescaling).
+    A contrastive image-text model (CNN image tower, bag-of-words text tower) trained with the
+    symmetric InfoNCE loss on (caption, image) pairs: corpus scenes captioned truthfully in the
+    corpus's alt-text phrasing, plus clean renders of the training prompts. The score is the
+    cosine similarity of the two normalised embeddings, in [-1, 1] (CLIPScore's
+    ``w * max(cos, 0)`` without the clipping and rescaling).
+``pick``, ``hps`` (analogs of PickScore and HPSv2.1)
+    Preference models ``s(image, prompt)`` built on the trained CLIP, as PickScore and HPS are:
+    ``s = MLP([taste(image), n(f_img) * n(f_txt)]) + alpha * cos(f_img, f_txt)``, where
+    ``f_img``, ``f_txt`` come from CLIP's towers (frozen while fitting) and ``taste`` is the
+    model's own small image tower (conv + GroupNorm, a thumbnail MLP, a local-contrast input
+    channel) for what raters like beyond content. Fit with the Bradley-Terry (pairwise
+    logistic) loss ``-log sigmoid(s(winner) - s(loser))`` on image pairs rendered for one
+    prompt and labelled by one of the world's hidden utilities (the way PickScore and HPS were
+    fit to human choices). The score is the raw logit (unbounded, like PickScore's); only
+    differences between images of one prompt are meaningful.
 
 A fourth model of the same family, ``pref2`` (the ImageReward analog, a held-out metric), is
 registered in :mod:`opd.rewards.heldout` and built from the classes here.
@@ -34,6 +38,7 @@ metrics, world version). Scorer factories take ``weights`` (that folder, or a fo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -75,7 +80,7 @@ def tokenize(text: str, bigrams: bool = True) -> list[str]:
         spelled += [f"<{i}:{c}>" for i, c in enumerate(q)] + [f"<len:{len(q)}>"]
     words = _WORD.findall(_QUOTED.sub(" quoted ", lowered))
     if bigrams:
-        words += [f"{a}_{b}" for a, b in zip(words, words[1:], strict=False)]
+        words += [f"{a}_{b}" for a, b in itertools.pairwise(words)]
     return words + spelled
 
 

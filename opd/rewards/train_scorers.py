@@ -311,19 +311,22 @@ def evaluate_retrieval(
 # --------------------------------------------------------------------------------------------
 # The mini world's scorers
 # --------------------------------------------------------------------------------------------
+TASTE_ARCH = ArchConfig(thumb=2, lcn=True)
 PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
-    # name: hidden utility of opd.worlds.mini.utilities, seed offset, architecture
-    "pick": {"utility": "pick", "seed_offset": 0, "arch": ArchConfig()},
-    "hps": {"utility": "hps", "seed_offset": 1, "arch": ArchConfig()},
-    # ImageReward analog (held-out metric): another utility, wider towers, GELU, another seed.
+    # name: hidden utility of opd.worlds.mini.utilities, seed offset, taste-tower architecture
+    "pick": {"utility": "pick", "seed_offset": 0, "arch": TASTE_ARCH},
+    "hps": {"utility": "hps", "seed_offset": 1, "arch": TASTE_ARCH},
+    # ImageReward analog (held-out metric): another utility, a wider GELU taste tower and head,
+    # another seed.
     "pref2": {
         "utility": "ir",
         "seed_offset": 2,
-        "arch": ArchConfig(
-            channels=(24, 32, 48), embed_dim=96, text_dim=48, head_hidden=96, activation="gelu"
+        "arch": dataclasses.replace(
+            TASTE_ARCH, channels=(24, 32, 48), embed_dim=96, head_hidden=96, activation="gelu"
         ),
     },
 }
+CLIP_ARCH = ArchConfig(kind="contrastive")
 CLIP_SEED_OFFSET = 3
 PAIRWISE_BAR = 0.90  # MINI.md property 1
 RETRIEVAL_BAR = 0.90
@@ -339,6 +342,9 @@ CLIP_CAPTION_OVERRIDES: dict[str, float] = {
     "caption_adjective": 0.3,
     "extra_object_rate": 0.0,
 }
+# Clean renders of the training prompts added to the contrastive data (fraction of n_train per
+# task): the prompt sets' phrasings and the fine distinctions between their prompts.
+CLIP_PROMPT_MIX: dict[str, float] = {"composition": 0.3, "text": 0.15, "aesthetics": 0.3}
 
 
 def world_config(config: Any = None) -> Any:
@@ -361,9 +367,15 @@ def scorer_train_config(name: str, config: Any = None) -> TrainConfig:
     """Default hyper-parameters of scorer ``name``, updated by the profile's
     ``scorer_training.<name>`` mapping (keys of :class:`TrainConfig`; ``arch`` keys nest)."""
     if name == "clip":
-        cfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, n_train=20_000, n_heldout=4_000)
+        cfg = TrainConfig(steps=600, lr=3e-3, n_train=20_000, n_heldout=4_000, arch=CLIP_ARCH)
     elif name in PREFERENCE_SCORERS:
-        cfg = TrainConfig(arch=PREFERENCE_SCORERS[name]["arch"])
+        cfg = TrainConfig(
+            steps=600,
+            batch_size=128,
+            lr=3e-3,
+            n_train=40_000,
+            arch=PREFERENCE_SCORERS[name]["arch"],
+        )
     else:
         known = ", ".join([*PREFERENCE_SCORERS, "clip"])
         raise KeyError(f"unknown learned scorer {name!r}; known: {known}")
@@ -372,8 +384,9 @@ def scorer_train_config(name: str, config: Any = None) -> TrainConfig:
         over = dict(((config.get("scorer_training") or {}).get(name)) or {})
     arch_over = over.pop("arch", None) or {}
     if arch_over:
-        arch = cfg.arch.to_json() | dict(arch_over)
-        cfg = dataclasses.replace(cfg, arch=ArchConfig.from_json(arch))
+        cfg = dataclasses.replace(
+            cfg, arch=ArchConfig.from_json(cfg.arch.to_json() | dict(arch_over))
+        )
     return dataclasses.replace(cfg, **over)
 
 
@@ -384,8 +397,8 @@ def pair_data(pairs: Any, true_labels: bool = False) -> PairData:
 
 
 def relabel(pairs: Any, utility: str, world: Any, min_margin: float = 0.05) -> PairData:
-    """The same rendered pairs labelled by another hidden ``utility`` (near ties dropped), so
-    that one set of renders serves every preference scorer."""
+    """The same rendered pairs labelled by another hidden ``utility`` (near ties dropped, as
+    ``preference_pairs`` does), so that one set of renders serves every preference scorer."""
     from opd.worlds.mini import hidden_utility
 
     ua = hidden_utility(utility, pairs.scenes_a, pairs.prompts, world, pairs.metadata)
@@ -410,22 +423,41 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _load_clip(init: Any) -> tuple[ContrastiveModel, Vocab] | None:
+    """(model, vocab) of a trained clip scorer: given as a folder, a LearnedScorer, a tuple, or
+    None (no initialisation)."""
+    if init is None:
+        return None
+    if isinstance(init, tuple):
+        return init
+    from opd.rewards.learned import LearnedScorer
+
+    scorer = init if isinstance(init, LearnedScorer) else LearnedScorer("clip", init)
+    model, vocab = scorer.load()
+    if not isinstance(model, ContrastiveModel):
+        raise TypeError(f"{scorer.path} holds a {type(model).__name__}, not a contrastive model")
+    return model, vocab
+
+
 def train_preference_scorer(
     name: str,
     config: Any = None,
     seed: int = 0,
     out_dir: str | Path | None = None,
     *,
+    clip: Any = None,
     train_config: TrainConfig | None = None,
     train_pairs: Any = None,
 ) -> dict[str, Any]:
     """Train preference scorer ``name`` (``pick``, ``hps`` or ``pref2``) on the world's pairs.
 
-    ``config``: a WorldConfig or profile (see :func:`world_config`). ``train_pairs``: the
-    world's ``PreferencePairs`` to relabel with this scorer's utility instead of drawing new
-    ones. Held-out pairs are drawn fresh from ``seed + HELDOUT_SEED_OFFSET``, on the test
-    prompts (the bar) and on the training prompts. Writes ``out_dir/{model.safetensors,
-    config.json}`` when ``out_dir`` is given; returns the metrics.
+    ``config``: a WorldConfig or profile (see :func:`world_config`). ``clip``: the trained clip
+    scorer to start from (its folder; PickScore and HPS start from CLIP); None trains the
+    content towers from scratch too (much less accurate). ``train_pairs``: the world's
+    ``PreferencePairs`` to relabel with this scorer's utility instead of drawing new ones.
+    Held-out pairs are drawn fresh from ``seed + HELDOUT_SEED_OFFSET``: on the test prompts
+    (``pairwise_accuracy``, the bar) and on the training prompts. Writes ``out_dir/{model.
+    safetensors, config.json, metrics.json}`` when ``out_dir`` is given; returns the metrics.
     """
     from opd.worlds.mini import WORLD_VERSION
 
@@ -439,23 +471,20 @@ def train_preference_scorer(
     else:
         data = relabel(train_pairs, utility, world)
     t1 = time.perf_counter()
-    model, vocab, losses = fit_preference(data, tcfg, seed + spec["seed_offset"])
+    model, vocab, losses = fit_preference(
+        data, tcfg, seed + spec["seed_offset"], init=_load_clip(clip)
+    )
     t2 = time.perf_counter()
     held_seed = seed + HELDOUT_SEED_OFFSET + spec["seed_offset"]
-    acc_test = evaluate_preference(
-        model, vocab, pair_data(_pairs(tcfg.n_heldout, held_seed, utility, world, "test"), True)
-    )
-    acc_train = evaluate_preference(
-        model,
-        vocab,
-        pair_data(_pairs(tcfg.n_heldout, held_seed + 1, utility, world, "train"), True),
-    )
+    held_test = pair_data(_pairs(tcfg.n_heldout, held_seed, utility, world, "test"), True)
+    held_train = pair_data(_pairs(tcfg.n_heldout, held_seed + 1, utility, world, "train"), True)
+    acc_test = evaluate_preference(model, vocab, held_test)
+    acc_train = evaluate_preference(model, vocab, held_train)
+    k = min(len(data), 2000)
     train_acc = evaluate_preference(
         model,
         vocab,
-        PairData(
-            data.images_a[:2000], data.images_b[:2000], data.prompts[:2000], data.a_wins[:2000]
-        ),
+        PairData(data.images_a[:k], data.images_b[:k], data.prompts[:k], data.a_wins[:k]),
     )
     metrics = {
         "scorer": name,
@@ -463,6 +492,7 @@ def train_preference_scorer(
         "utility": utility,
         "world_version": WORLD_VERSION,
         "seed": seed,
+        "initialised_from_clip": clip is not None,
         "heldout": {
             "pairwise_accuracy": acc_test,
             "pairwise_accuracy_train_prompts": acc_train,
@@ -485,13 +515,27 @@ def train_preference_scorer(
     return metrics
 
 
-def clip_captions(n: int, seed: int, world: Any) -> CaptionData:
-    """Corpus scenes with true captions in alt-text phrasing (see ``CLIP_CAPTION_OVERRIDES``)."""
-    from opd.worlds.mini import corpus_scenes, render
+def clip_captions(
+    n: int, seed: int, world: Any, prompt_mix: Mapping[str, float] | None = None
+) -> CaptionData:
+    """Contrastive data: ``n`` corpus scenes with true captions in alt-text phrasing (see
+    ``CLIP_CAPTION_OVERRIDES``), plus clean renders of each task's training prompts
+    (``prompt_mix[task] * n`` of them; default :data:`CLIP_PROMPT_MIX`)."""
+    from opd.worlds.mini import corpus_scenes, render, sample_scenes
 
     clean = world.replace(**CLIP_CAPTION_OVERRIDES)
     corpus = corpus_scenes(n, seed, clean)
-    return CaptionData(render(corpus.scenes, clean), list(corpus.captions))
+    images, captions = [render(corpus.scenes, clean)], [list(corpus.captions)]
+    mix = CLIP_PROMPT_MIX if prompt_mix is None else prompt_mix
+    for i, (task, frac) in enumerate(sorted(mix.items())):
+        k = round(frac * n)
+        if k:
+            im, prompts, _ = sample_scenes(
+                task, k, seed * 7919 + i + 1, split="train", config=world
+            )
+            images.append(im)
+            captions.append(list(prompts))
+    return CaptionData(np.concatenate(images), [c for part in captions for c in part])
 
 
 def train_clip_scorer(
@@ -501,11 +545,11 @@ def train_clip_scorer(
     *,
     train_config: TrainConfig | None = None,
 ) -> dict[str, Any]:
-    """Train the contrastive scorer ``clip`` on (caption, image) pairs of the corpus.
+    """Train the contrastive scorer ``clip`` on (caption, image) pairs (:func:`clip_captions`).
 
     Held-out metric: top-1 retrieval among 16 candidates on fresh corpus pairs (image -> caption
     is the bar; caption -> image is reported), and the same on clean renders of each task's test
-    prompts. Writes ``out_dir/{model.safetensors, config.json}`` when given; returns metrics.
+    prompts. Writes ``out_dir/{model.safetensors, config.json, metrics.json}`` when given.
     """
     from opd.worlds.mini import TASKS, WORLD_VERSION, sample_scenes
 
@@ -517,9 +561,8 @@ def train_clip_scorer(
     model, vocab, losses = fit_contrastive(data, tcfg, seed + CLIP_SEED_OFFSET)
     t2 = time.perf_counter()
     held_seed = seed + HELDOUT_SEED_OFFSET + CLIP_SEED_OFFSET
-    heldout = evaluate_retrieval(
-        model, vocab, clip_captions(tcfg.n_heldout, held_seed, world), 16, held_seed
-    )
+    held = clip_captions(tcfg.n_heldout, held_seed, world, prompt_mix={})
+    heldout = evaluate_retrieval(model, vocab, held, 16, held_seed)
     per_task = {}
     for task in TASKS:
         images, prompts, _ = sample_scenes(task, 512, held_seed, split="test", config=world)
@@ -542,7 +585,7 @@ def train_clip_scorer(
         },
         "n_train_pairs": len(data),
         "final_loss": float(np.mean(losses[-20:])),
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": float(model.logit_scale.detach().exp()),
         "data_seconds": t1 - t0,
         "train_seconds": t2 - t1,
         "eval_seconds": time.perf_counter() - t2,
@@ -554,7 +597,7 @@ def train_clip_scorer(
     return metrics
 
 
-ALL_SCORERS: tuple[str, ...] = ("pick", "hps", "clip", "pref2")
+ALL_SCORERS: tuple[str, ...] = ("clip", "pick", "hps", "pref2")
 
 
 def train_all_scorers(
@@ -565,10 +608,11 @@ def train_all_scorers(
     names: Sequence[str] = ALL_SCORERS,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Train ``names`` (default: pick, hps, clip, pref2) into ``out_dir/<name>/`` and write
-    ``out_dir/summary.json``; one set of rendered preference pairs serves every preference
-    scorer (each relabels it with its own utility). ``threads`` sets torch's thread count for
-    the duration (None: leave it)."""
+    """Train ``names`` (default: clip, then pick, hps, pref2 starting from it) into
+    ``out_dir/<name>/`` and write ``out_dir/summary.json``. One set of rendered preference pairs
+    serves every preference scorer (each relabels it with its own utility). A preference scorer
+    trained without ``clip`` in ``names`` starts from ``out_dir/clip`` when that exists.
+    ``threads`` sets torch's thread count for the duration (None: leave it)."""
     out = Path(out_dir)
     world = world_config(config)
     old_threads = torch.get_num_threads()
@@ -576,30 +620,37 @@ def train_all_scorers(
         torch.set_num_threads(threads)
     results: dict[str, Any] = {}
     t_start = time.perf_counter()
+    data_seconds = 0.0
     try:
+        if "clip" in names:
+            results["clip"] = train_clip_scorer(config, seed, out / "clip")
+            if log:
+                r = results["clip"]
+                log(
+                    f"[scorers] clip: held-out top-1 {r['heldout']['retrieval_top1']:.3f} "
+                    f"(bar {RETRIEVAL_BAR:.2f}), train {r['train_seconds']:.1f}s"
+                )
         pref = [n for n in names if n in PREFERENCE_SCORERS]
-        shared = None
-        data_seconds = 0.0
         if pref:
+            clip_dir = out / "clip"
+            clip = clip_dir if (clip_dir / "config.json").is_file() else None
             n_train = max(scorer_train_config(n, config).n_train for n in pref)
             t0 = time.perf_counter()
             shared = _pairs(n_train, seed, PREFERENCE_SCORERS[pref[0]]["utility"], world, "train")
             data_seconds = time.perf_counter() - t0
             if log:
                 log(f"[scorers] {len(shared)} preference pairs rendered in {data_seconds:.1f}s")
-        for name in names:
-            if name == "clip":
-                res = train_clip_scorer(config, seed, out / name)
-                acc = res["heldout"]["retrieval_top1"]
-            else:
-                res = train_preference_scorer(name, config, seed, out / name, train_pairs=shared)
-                acc = res["heldout"]["pairwise_accuracy"]
-            results[name] = res
-            if log:
-                log(
-                    f"[scorers] {name}: held-out {acc:.3f} (bar {res['heldout']['bar']:.2f}), "
-                    f"train {res['train_seconds']:.1f}s"
+            for name in pref:
+                res = train_preference_scorer(
+                    name, config, seed, out / name, clip=clip, train_pairs=shared
                 )
+                results[name] = res
+                if log:
+                    log(
+                        f"[scorers] {name}: held-out pairwise "
+                        f"{res['heldout']['pairwise_accuracy']:.3f} (bar {PAIRWISE_BAR:.2f}), "
+                        f"train {res['train_seconds']:.1f}s"
+                    )
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
@@ -628,7 +679,8 @@ def train_all_scorers(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opd.rewards.train_scorers --out DIR [--seed S] [--threads T] [--only ...]``."""
+    """``python -m opd.rewards.train_scorers --out DIR [--seed S] [--threads T] [--only ...]``;
+    exits 1 when a scorer misses its held-out bar."""
     parser = argparse.ArgumentParser(description="train the mini world's learned scorers")
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>/ and summary.json"

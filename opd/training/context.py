@@ -77,7 +77,14 @@ def load_base_model(profile: dict[str, Any]) -> Any:
 
     path = profile["paths"]["base"]
     dtype = getattr(torch, profile["model"].get("dtype", "float32"))
-    return FlowModel.from_pretrained(path, device=profile.get("device", "cpu"), dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if profile["model"].get("kind") == "sd3":  # SD3.5 loader options (resolution, T5 length)
+        kwargs = dict(profile["model"].get("sd3") or {})
+        if profile["model"].get("revision"):
+            kwargs["revision"] = profile["model"]["revision"]
+    return FlowModel.from_pretrained(
+        path, device=profile.get("device", "cpu"), dtype=dtype, **kwargs
+    )
 
 
 def build_context(

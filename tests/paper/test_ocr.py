@@ -49,3 +49,20 @@ def test_pp_ocr_reads_rendered_text() -> None:
     assert scores[0] == 1.0
     assert scores[1] < 0.5
     assert scores[2] == 0.0  # nothing to read: the whole target is missing
+
+
+def test_ocr_served_by_the_service_cli_over_json_lines() -> None:
+    """The real server side: ``python -m opd.rewards.paper.service serve --stdio``."""
+    import sys
+
+    from opd.config import REPO_ROOT
+    from opd.rewards.paper.service import RemoteScorer, SubprocessClient
+
+    cmd = [sys.executable, "-m", "opd.rewards.paper.service", "serve", "--stdio"]
+    cmd += ["--scorer", "ocr", "--option", "threads=1"]
+    scorer = RemoteScorer(SubprocessClient(cmd, timeout=120, cwd=str(REPO_ROOT)))
+    try:
+        got = scorer(np.stack([render("Hello World")]), ['a sign: "Hello World"'], [{}])
+    finally:
+        scorer.close()
+    assert got.tolist() == [1.0]

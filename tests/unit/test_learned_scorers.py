@@ -175,7 +175,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_determinism_and_save_load_roundtrip(tmp_path):
     data = toy_pairs(512, 0)
     m1, v1, _ = fit_preference(data, _tiny_cfg(15), seed=3)
-    m2, v2, _ = fit_preference(data, _tiny_cfg(15), seed=3)
+    m2, _v2, _ = fit_preference(data, _tiny_cfg(15), seed=3)
     m3, _, _ = fit_preference(data, _tiny_cfg(15), seed=4)
     s1, s2, s3 = _state(m1), _state(m2), _state(m3)
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
@@ -218,11 +218,30 @@ def test_contrastive_roundtrip(tmp_path):
     assert np.array_equal(scores, direct.double().numpy())
 
 
+def test_preference_from_clip_freezes_content_towers(tmp_path):
+    clip, clip_vocab, _ = fit_contrastive(toy_captions(512, 0), _tiny_cfg(5), seed=0)
+    data = toy_pairs(512, 1)
+    model, vocab, _ = fit_preference(data, _tiny_cfg(5), seed=0, init=(clip, clip_vocab))
+    assert vocab.tokens == clip_vocab.tokens
+    for mine, theirs in ((model.content_image, clip.image), (model.content_text, clip.text)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(p.requires_grad for p in model.parameters())
+    save_scorer(clip, clip_vocab, tmp_path / "clip")
+    from opd.rewards.train_scorers import _load_clip
+
+    loaded, loaded_vocab = _load_clip(tmp_path / "clip")
+    assert loaded_vocab.tokens == clip_vocab.tokens
+    save_scorer(model, vocab, tmp_path / "hps")
+    scores = get_scorer("hps", weights=tmp_path)(data.images_a[:8], data.prompts[:8], None)
+    assert scores.shape == (8,) and np.all(np.isfinite(scores))
+
+
 def test_missing_weights_error_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("OPD_SCORER_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="OPD_SCORER_DIR"):
         get_scorer("hps")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         get_scorer("hps", weights=tmp_path)
     monkeypatch.setenv("OPD_SCORER_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="hps"):
