@@ -5,6 +5,7 @@
 #   snakemake --cores all reproduce --config profile=smoke
 #   snakemake --report results/mini/report.html            # after reproduce
 #   snakemake --cores all tables   /   figures             # regenerate from metrics.csv
+#   snakemake --cores 1 prepare --config profile=paper     # fetch prompts/teachers, check scorers
 #
 # The profile's config (config/profiles/<profile>.yaml over config/defaults.yaml, plus any
 # --config / --configfile overrides) is validated when this file is parsed, before any job, and
@@ -45,6 +46,10 @@ localrules:
     make_figures,
     retention,
     plot_grad_variance,
+    prepare,
+    fetch_prompts,
+    fetch_teacher,
+    scorer_service,
 
 
 rule reproduce:
@@ -78,7 +83,13 @@ rule containers:
         container_targets(),
 
 
+rule prepare:
+    input:
+        prepare_targets(),
+
+
 include: "rules/world.smk"
+include: "rules/paper.smk"
 include: "rules/teachers.smk"
 include: "rules/methods.smk"
 include: "rules/evaluate.smk"

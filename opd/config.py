@@ -167,6 +167,23 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
                 METHODS.get(teacher)
             except KeyError as err:
                 raise ConfigError(f"tasks.{task}.teacher.method: {err}") from None
+    _check_scorer_names(cfg)
+
+
+def _check_scorer_names(cfg: Mapping[str, Any]) -> None:
+    """Every scorer the config names (rewards, benchmark columns, learned scorers) exists."""
+    from opd.registry import SCORERS
+
+    named = [(f"learned_scorers[{i}]", n) for i, n in enumerate(cfg.get("learned_scorers") or [])]
+    for task, section in (cfg.get("tasks") or {}).items():
+        named += [(f"tasks.{task}.reward.{n}", n) for n in section.get("reward") or {}]
+    for column, spec in (cfg.get("benchmarks") or {}).items():
+        named.append((f"benchmarks.{column}.scorer", spec.get("scorer")))
+    for where, name in named:
+        try:
+            SCORERS.get(name)
+        except KeyError as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

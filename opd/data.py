@@ -247,7 +247,18 @@ def load_prompt_set(
     """Prompts and metadata of set ``name`` (fetched and verified; see the module docstring)."""
     spec = prompt_set_spec(name, profile)
     path = fetch_prompt_set(name, profile)
-    prompts, metadata = parse_prompts(path.read_text(encoding="utf-8"), str(spec["format"]))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptSetError(
+            f"prompt set {name!r} ({path}) is not UTF-8: byte {err.start} ({err.reason})"
+        ) from None
+    try:
+        prompts, metadata = parse_prompts(text, str(spec["format"]))
+    except PromptSetError as err:
+        raise PromptSetError(f"prompt set {name!r} ({path}): {err}") from None
+    if not prompts:
+        raise PromptSetError(f"prompt set {name!r} ({path}) holds no prompts")
     if spec.get("count") is not None and len(prompts) != int(spec["count"]):
         raise PromptSetError(
             f"prompt set {name!r} ({path}): {len(prompts)} prompts, expected {spec['count']}"

@@ -6,11 +6,17 @@ seed; the images are decoded and scored by every column on that prompt set. A co
 for one evaluation seed is the scorer's mean, or its own aggregate where it defines one (the
 compositional score is the mean of its six sub-task accuracies, as GenEval's overall). Every
 saved checkpoint of a run is evaluated (EMA weights), which gives the retention curves.
+
+An eval CSV is written atomically with a sidecar ``<name>.csv.sha256`` holding its SHA-256;
+:func:`verify_eval_csv` (run by ``opd collect``) refuses a CSV that was truncated or altered
+afterwards, naming it. A scorer that returns NaN or Inf stops the evaluation, naming the
+scorer, column and checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +112,10 @@ class Evaluator:
                     scorer = self.scorers[column]
                     scores = np.asarray(scorer(images, prompts, meta), dtype=np.float64)
                     if not np.all(np.isfinite(scores)):
-                        raise FloatingPointError(f"scorer {spec['scorer']!r} returned non-finite")
+                        raise FloatingPointError(
+                            f"scorer {spec['scorer']!r} (column {column!r}, task {task!r}) "
+                            "returned non-finite scores"
+                        )
                     aggregate = getattr(scorer, "aggregate", None)
                     value = float(aggregate(scores, meta)) if aggregate else float(scores.mean())
                     rows.append(
@@ -121,6 +130,15 @@ class Evaluator:
         return rows, samples
 
 
+class EvalIntegrityError(RuntimeError):
+    """An eval CSV that does not match its recorded checksum (the message names it)."""
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar holding an eval CSV's SHA-256 (``seed0.csv`` -> ``seed0.csv.sha256``)."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -128,7 +146,32 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    side = checksum_path(path)
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+    side_tmp.replace(side)  # the sidecar first: a CSV in place always has its checksum
     tmp.replace(path)
+
+
+def verify_eval_csv(path: Path) -> Path:
+    """Check an eval CSV against its ``.sha256`` sidecar; raise naming the file if it differs.
+
+    A CSV without a sidecar (written by an older version or by hand) is accepted as is.
+    """
+    path = Path(path)
+    side = checksum_path(path)
+    if not side.exists():
+        return path
+    if not path.exists():
+        raise EvalIntegrityError(f"eval CSV {path} is missing (its checksum {side} exists)")
+    want = side.read_text(encoding="utf-8").split()[0] if side.stat().st_size else ""
+    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        raise EvalIntegrityError(
+            f"eval CSV {path} is truncated or altered (SHA-256 differs from {side}); "
+            "rerun its evaluation"
+        )
+    return path
 
 
 def _save_samples(path: Path | None, samples: dict[str, Any]) -> None:
@@ -172,7 +215,7 @@ def evaluate_run(
     rows: list[dict[str, Any]] = []
     created = False
     for i, path in enumerate(tqdm(ckpts, desc=f"eval {run}/seed{seed}", disable=not progress)):
-        tensors, manifest = ckpt.load_checkpoint(path)
+        tensors, manifest = ckpt.load_checkpoint(path)  # verified: a damaged file is named
         maybe_fail("evaluate.checkpoint", int(manifest["step"]))
         info = manifest.get("adapter") or {}
         if not created:
@@ -180,7 +223,10 @@ def evaluate_run(
             created = True
         model.load_adapter_state_dict(STUDENT, tensors["ema"])
         keep = 16 if i == len(ckpts) - 1 else 0
-        results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
+        try:
+            results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"evaluating {path}: {err}") from err
         if keep:
             _save_samples(samples_out, samples)
         base = {
@@ -230,4 +276,47 @@ def evaluate_base(profile: dict[str, Any], out: Path, samples_out: Path | None =
         }
         rows += [{**base, **r} for r in results]
     _write_rows(Path(out), rows)
+    return Path(out)
+
+
+def evaluate_adapter(
+    profile: dict[str, Any],
+    adapter_dir: Path,
+    run: str,
+    out: Path,
+    samples_out: Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Evaluate one peft LoRA folder (a published teacher, ``python -m opd.data adapter``) as
+    run ``run`` (e.g. ``teacher_text``: its method and evaluation CFG come from the config).
+
+    Its rows are the run's final checkpoint (stage ``final``, step 0) with zero compute: the
+    adapter's training is not ours to count.
+    """
+    from opd.training.context import load_base_model
+    from opd.training.loop import resolve_method
+
+    model = load_base_model(profile)
+    evaluator = Evaluator(model, profile)
+    guidance = eval_guidance_of(profile, run)
+    _, _, section = resolve_method(profile, run)
+    model.load_adapter(STUDENT, adapter_dir)
+    try:
+        results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=16)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"evaluating {adapter_dir}: {err}") from err
+    _save_samples(samples_out, samples)
+    base = {
+        "run": run,
+        "method": section.get("method", run),
+        "seed": seed,
+        "stage": "final",
+        "step": 0,
+        "samples": 0,
+        "forward_evals": 0,
+        "backward_evals": 0,
+        "model_evals": 0,
+        "wall_seconds": 0.0,
+    }
+    _write_rows(Path(out), [{**base, **r} for r in results])
     return Path(out)

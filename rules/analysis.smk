@@ -26,6 +26,7 @@ rule grad_variance:
         cfg=ancient(CONFIG_FILE),
         stage1=stage1(),
         teachers=expand(TEACHER_DONE, task=TASKS),
+        ready=variance_ready(),
     output:
         report(
             f"{TABLES_DIR}/grad_variance.csv",
@@ -40,9 +41,11 @@ rule grad_variance:
         f"{BENCH}/analysis/grad_variance.tsv"
     conda:
         ENV
+    container:
+        TRAIN_IMAGE
     threads: 1
     resources:
-        **GPU_RESOURCES,
+        **EVAL_RESOURCES,
     params:
         key=config_key(
             "variance", "sampling", *task_keys("prompts", "teacher.guidance")

@@ -5,6 +5,7 @@ Logic lives in the ``opd`` package. This file only loads the chosen profile's co
 config that every job reads, names the output paths and lists what each rule needs.
 """
 
+import inspect
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from opd.config import ConfigError, config_hash, deep_merge, load_config, write_resolved
-from opd.registry import METHODS
+from opd.registry import METHODS, SCORERS
 from opd.reporting import FIGURES, TABLES
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +85,29 @@ def job_resources():
 GPU_RESOURCES = job_resources()
 
 
+def eval_gpus():
+    """GPUs of an evaluation (and gradient-variance) job: ``resources.eval_gpu``, by default 1
+    where the training jobs have GPUs and 0 on a CPU profile."""
+    given = dict(CFG.get("resources") or {})
+    if given.get("eval_gpu") is not None:
+        return int(given["eval_gpu"])
+    return 1 if GPU_RESOURCES["gpu"] > 0 else 0
+
+
+EVAL_RESOURCES = {**GPU_RESOURCES, "gpu": eval_gpus()}
+
+
+def train_image():
+    """Image of the GPU jobs under ``--sdm apptainer``: ``containers.train_image``, by default
+    the CUDA training image of docker/ in the paper profile and none elsewhere (``None``: the
+    rule runs in Snakemake's own environment, or its conda one)."""
+    default = "docker://opd-train:latest" if PROFILE == "paper" else None
+    return (CFG.get("containers") or {}).get("train_image", default)
+
+
+TRAIN_IMAGE = train_image()
+
+
 def train_launcher():
     """``opd``, or ``accelerate launch ... -m opd.cli`` where the config names an accelerate file."""
     accelerate = CFG.get("accelerate") or {}
@@ -113,6 +137,68 @@ def alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
 
+def only(names):
+    """Like `alternatives`, but matching nothing for no names (a rule with no jobs)."""
+    return alternatives(names) if names else "(?!)"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the paper profile fetches or checks before its GPU jobs (nothing in the mini world):
+# published teacher LoRAs, prompt sets, and its scorers (services answering, weights in place).
+
+
+def pretrained_teachers():
+    """Task -> published LoRA (hub id or peft folder) of the tasks whose teacher is fetched."""
+    return {
+        t: spec["teacher"]["pretrained"]
+        for t, spec in CFG["tasks"].items()
+        if (spec.get("teacher") or {}).get("pretrained")
+    }
+
+
+PRETRAINED = pretrained_teachers()
+TRAINED_TASKS = [t for t in TASKS if t not in PRETRAINED]
+NEEDS_PROMPTS = any(
+    (spec.get("prompts") or {}).get("source", "mini") != "mini"
+    for spec in CFG["tasks"].values()
+)
+
+
+def scorer_options(name):
+    return dict((CFG.get("scorer_options") or {}).get(name) or {})
+
+
+def scorer_backend(name):
+    """``scorer_options.<name>.backend``, else the default of the scorer's factory."""
+    options = scorer_options(name)
+    if "backend" in options:
+        return str(options["backend"])
+    param = inspect.signature(SCORERS.get(name)).parameters.get("backend")
+    if param is None or param.default is inspect.Parameter.empty:
+        return "local"
+    return str(param.default)
+
+
+def external_scorers():
+    """Benchmark and reward scorers that are neither part of the mini world nor learned by it:
+    the paper's scorers (opd.rewards.paper) and any scorer with a configured ``backend``.
+    """
+    from opd.rewards.paper import PAPER_SCORERS
+
+    names = [spec["scorer"] for spec in CFG["benchmarks"].values()]
+    names += [n for spec in CFG["tasks"].values() for n in spec["reward"]]
+    learned = set(CFG.get("learned_scorers") or [])
+    return [
+        n
+        for n in dict.fromkeys(names)
+        if n not in learned and (n in PAPER_SCORERS or "backend" in scorer_options(n))
+    ]
+
+
+SERVICE_SCORERS = [n for n in external_scorers() if scorer_backend(n) != "local"]
+LOCAL_SCORERS = [n for n in external_scorers() if scorer_backend(n) == "local"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Paths (patterns with {task}, {run}, {seed}).
 
@@ -131,6 +217,9 @@ METRICS = f"{RESULTS}/metrics.csv"
 TABLES_DIR = f"{RESULTS}/tables"
 FIGURES_DIR = f"{RESULTS}/figures"
 CONTAINERS = "results/containers"
+PROMPTS_OK = f"{RESULTS}/prompts.ok"
+SERVICE_OK = f"{RESULTS}/services/{{scorer}}.ok"
+SCORER_OK = f"{RESULTS}/scorers/{{scorer}}.ok"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +284,61 @@ def stage1():
     if "base" in CFG:
         files.append(BASE_DONE)
     return files
+
+
+def ready_files(scorers):
+    """The paper profile's gates before a GPU job that samples prompts and scores with
+    ``scorers``: the fetched prompt sets and each scorer's ``.ok``. Ancient: checking a
+    service again (deleting its ``.ok``) never reruns finished jobs."""
+    files = [PROMPTS_OK] if NEEDS_PROMPTS else []
+    for name in dict.fromkeys(scorers):
+        if name in SERVICE_SCORERS:
+            files.append(SERVICE_OK.format(scorer=name))
+        elif name in LOCAL_SCORERS:
+            files.append(SCORER_OK.format(scorer=name))
+    return [ancient(f) for f in files]
+
+
+def reward_scorers(tasks):
+    return [n for t in tasks for n in CFG["tasks"][t]["reward"]]
+
+
+def eval_ready():
+    """Gates of an evaluation: prompts and every benchmark column's scorer."""
+    return ready_files(spec["scorer"] for spec in CFG["benchmarks"].values())
+
+
+def teacher_ready(wildcards):
+    """Gates of a teacher's training: prompts and its task's reward scorers."""
+    return ready_files(reward_scorers([wildcards.task]))
+
+
+def run_ready():
+    """Gates of a run's training: prompts and every task's reward scorers."""
+    return ready_files(reward_scorers(TASKS))
+
+
+def variance_ready():
+    """Gates of the gradient-variance study: prompts and its task's reward scorers."""
+    task = (CFG.get("variance") or {}).get("task")
+    return ready_files(reward_scorers([task] if task in TASKS else TASKS))
+
+
+def pretrained_source(wildcards):
+    return PRETRAINED[wildcards.task]
+
+
+def scorer_key(wildcards):
+    return config_key(f"scorer_options.{wildcards.scorer}")
+
+
+def scorer_gpus(wildcards):
+    """An evaluation's GPUs for an in-process scorer on CUDA (its configured device), else 0."""
+    options = scorer_options(wildcards.scorer)
+    device = (
+        options.get("device") or (options.get("local") or {}).get("device") or "cuda"
+    )
+    return EVAL_RESOURCES["gpu"] if str(device).startswith("cuda") else 0
 
 
 def method_of(run):
@@ -362,6 +506,14 @@ def reproduce_targets():
     if "world" in CFG:
         files.append(f"{TABLES_DIR}/world_validation.csv")
     return files
+
+
+def prepare_targets():
+    """What the paper profile fetches and checks before its GPU jobs (`snakemake prepare`)."""
+    files = [PROMPTS_OK] if NEEDS_PROMPTS else []
+    files += expand(TEACHER_DONE, task=list(PRETRAINED))
+    files += expand(SERVICE_OK, scorer=SERVICE_SCORERS)
+    return files + expand(SCORER_OK, scorer=LOCAL_SCORERS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 rule train_run:
     input:
         unpack(train_inputs),
+        ready=run_ready(),
     output:
         RUN_DONE,
     log:
@@ -13,6 +14,8 @@ rule train_run:
         f"{BENCH}/runs/{{run}}/seed{{seed}}.tsv"
     conda:
         ENV
+    container:
+        TRAIN_IMAGE
     threads: 1
     resources:
         **GPU_RESOURCES,

@@ -25,10 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from opd.evaluation import verify_eval_csv
     from opd.reporting.collect import collect, write_metrics
+    from opd.training.loop import verify_run_log
 
     cfg = load(args)
     logs = [(run, int(seed), Path(d)) for run, seed, d in args.train_log]
+    for path in args.evals:  # a truncated or altered input is named, never tabulated
+        verify_eval_csv(path)
+    for _run, _seed, run_dir in logs:
+        verify_run_log(run_dir)
     df = collect(cfg, args.evals, logs)
     write_metrics(df, args.out)
     n_eval = int(df["eval_seed"].notna().sum())

@@ -17,18 +17,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--run", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", action="store_true", help="evaluate the base model, with/without CFG")
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="evaluate this peft LoRA folder (a published teacher) as --run, instead of --run-dir",
+    )
     p.add_argument("--out", type=Path, required=True, help="eval CSV to write")
     p.add_argument("--samples", type=Path, default=None, help="npz of sample images to write")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from opd.evaluation import evaluate_base, evaluate_run
+    from opd.evaluation import evaluate_adapter, evaluate_base, evaluate_run
 
     cfg = load(args)
     setup_threads(cfg)
     if args.base:
         evaluate_base(cfg, args.out, args.samples)
+        return 0
+    if args.adapter is not None:
+        if args.run is None:
+            raise SystemExit("opd evaluate: --adapter needs --run (e.g. teacher_text)")
+        evaluate_adapter(cfg, args.adapter, args.run, args.out, args.samples, seed=args.seed)
         return 0
     if args.run_dir is None or args.run is None:
         raise SystemExit("opd evaluate: --run-dir and --run are required unless --base is given")

@@ -16,15 +16,17 @@ UnifiedReward) and are registered in ``opd.registry.SCORERS``:
     - ``clipping = 1 - min(1, 4 * f)``, ``f`` the fraction of channel values at 0 or 255
       (over-saturated or blown-out colours; clean renders never clip);
     - ``contrast = 1 - exp(-std(luminance) / 20)`` (RMS contrast);
-    - ``sharpness = clip(p99(|gradient|) / (0.5 * (p99 - p1 of luminance)), 0, 1)``: how steep the
-      steepest edges are relative to the image's range.
+    - ``sharpness = clip(p99(|gradient|) / max(0.5 * (p99 - p1 of luminance), 10), 0, 1)``: how
+      steep the steepest edges are relative to the image's range (faint edges never count);
+      both on a copy blurred by a 1 px Gaussian, so that noise never counts as detail.
 
     Adding noise to an image lowers it (tested); it never reads the prompt.
 ``pref2`` (analog of ImageReward)
     A second learned preference model, trained by :func:`opd.rewards.train_scorers.
-    train_all_scorers` on a different mixture of the hidden utilities (an equal mix of the
-    standardised ``pick`` and ``hps`` utilities, see ``PREF2_UTILITY``), with a different
-    architecture (wider towers, GELU) and seed. Raw logit, like ImageReward.
+    train_all_scorers` like ``pick`` and ``hps`` (Bradley-Terry on top of the trained CLIP) but on
+    another hidden utility, the world's ``ir`` (mostly prompt alignment, some contrast, size and
+    centring), with another taste-tower architecture (GELU, strides 2-2-1, 48 channels, wider
+    head) and seed. Raw logit, like ImageReward.
 ``judge`` (analog of UnifiedReward)
     A rule-based judge on a 1-5 scale combining prompt alignment and quality per prompt type:
     ``1 + 4 * (0.7 * alignment + 0.3 * quality)``, where alignment is the compositional
@@ -41,12 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from opd.registry import SCORERS
 from opd.rewards.learned import LearnedScorer
 
 # Luminance weights (ITU-R BT.601).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float64)
+DENOISE_SIGMA = 1.0  # px, Gaussian blur before contrast and sharpness are measured
+MIN_EDGE_SPAN = 10.0  # grey levels: faint edges never count as sharp
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,12 +106,15 @@ def quality_components(images: np.ndarray) -> dict[str, np.ndarray]:
     sigma = noise_sigma(lum)
     grid_px = grid_artefact(lum)
     clip_frac = ((arr == 0) | (arr == 255)).reshape(n, -1).mean(1)
-    lum_std = lum.reshape(n, -1).std(1)
-    gy, gx = np.gradient(lum, axis=(1, 2))
+    # Contrast and sharpness are read on a denoised copy, so that noise never counts as detail.
+    smooth = ndimage.gaussian_filter(lum, sigma=(0, DENOISE_SIGMA, DENOISE_SIGMA), mode="nearest")
+    flat = smooth.reshape(n, -1)
+    lum_std = flat.std(1)
+    gy, gx = np.gradient(smooth, axis=(1, 2))
     grad = np.hypot(gx, gy).reshape(n, -1)
-    flat = lum.reshape(n, -1)
     span = np.percentile(flat, 99, axis=1) - np.percentile(flat, 1, axis=1)
-    sharp = np.clip(np.percentile(grad, 99, axis=1) / np.maximum(0.5 * span, 1.0), 0.0, 1.0)
+    sharp = np.percentile(grad, 99, axis=1) / np.maximum(0.5 * span, MIN_EDGE_SPAN)
+    sharp = np.clip(sharp, 0.0, 1.0)
     return {
         "noise": np.exp(-sigma / 6.0),
         "grid": np.exp(-grid_px / 3.0),

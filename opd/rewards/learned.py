@@ -289,6 +289,8 @@ class PreferenceModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         content = cfg.content_arch()
+        if content.resolution != cfg.resolution:
+            raise ValueError("a preference model's content and taste towers need one resolution")
         self.content_image = ImageTower(content)
         self.content_text = TextTower(content)
         self.taste = ImageTower(cfg)

@@ -1,17 +1,33 @@
-"""Training of the mini world's learned scorers (``pick``, ``hps``, ``clip`` and ``pref2``).
+"""Training of the mini world's learned scorers (``clip``, ``pick``, ``hps`` and ``pref2``).
 
-Preference models (``pick``, ``hps``, ``pref2``) are fit with the Bradley-Terry loss on image
-pairs that the world renders for one prompt and labels with a hidden utility
-(``opd.worlds.mini.utilities.preference_pairs``); their held-out metric is the pairwise accuracy
-on fresh pairs drawn from a different seed. The contrastive model (``clip``) is fit with the
-symmetric InfoNCE loss on (caption, image) pairs; its held-out metric is the top-1 retrieval
-accuracy among 16 candidates (15 distractors with other captions) on fresh pairs.
+Pipeline (:func:`train_all_scorers`, or ``python -m opd.rewards.train_scorers --out DIR``):
 
-Entry points: :func:`train_preference_scorer`, :func:`train_clip_scorer`,
-:func:`train_all_scorers` (writes ``out_dir/{pick,hps,clip,pref2}/`` and ``summary.json``) and
-``python -m opd.rewards.train_scorers --out DIR``. The generic fitting functions
-(:func:`fit_preference`, :func:`fit_contrastive`) work on plain arrays so that they can be
-tested without the world.
+1. ``clip``: a contrastive image-text model fit with the symmetric InfoNCE loss. Its data
+   (:func:`clip_captions`): corpus scenes (``corpus_scenes``) captioned truthfully in the
+   corpus's own alt-text phrasing (the corpus's corruptions, i.e. dropped or wrong attributes,
+   generic captions and unmentioned extra objects, switched off through ``WorldConfig``;
+   aesthetic phrasings kept), plus clean renders of the three tasks' *training* prompts.
+   Decision: true captions rather than the noisy ones the base model learns from, because
+   CLIPScore is used as a measure of alignment and the noisy captions would teach it to
+   accept wrong attributes; the prompt renders teach it the prompt sets' phrasing and the fine
+   distinctions between their prompts (without them, ordering the images of a preference pair
+   by prompt agreement drops from ~98% to ~87%). Held-out metric: top-1 retrieval among 16
+   candidates (15 distractor captions, all distinct) on fresh corpus pairs from another seed
+   (image -> caption is the bar); retrieval on clean renders of each task's test prompts is
+   reported too (harder: candidates are near-duplicates such as "a circle" / "a red circle").
+2. One set of preference pairs (``preference_pairs``, training prompts) is rendered once and
+   relabelled by each scorer's hidden utility (:func:`relabel`; near ties dropped as the
+   world does).
+3. ``pick`` (utility ``pick``), ``hps`` (``hps``) and ``pref2`` (``ir``, the ImageReward
+   analog, a held-out metric: wider GELU taste tower, another seed) are fit with the
+   Bradley-Terry loss on top of the frozen CLIP towers (:func:`fit_preference`). Held-out
+   metric: pairwise accuracy against the noise-free order on fresh pairs from another seed
+   over the *test* prompts (``pairwise_accuracy``, the bar) and over the training prompts.
+
+Every scorer folder holds ``model.safetensors``, ``config.json`` (architecture, vocabulary,
+metrics, world version) and ``metrics.json``; ``summary.json`` collects held-out metrics and
+timings. The generic fitting functions (:func:`fit_preference`, :func:`fit_contrastive`) work on
+plain arrays so that they can be tested without the world.
 """
 
 from __future__ import annotations
@@ -85,6 +101,8 @@ class TrainConfig:
     n_train: int = 20_000
     n_heldout: int = 2_000
     vocab_min_count: int = 2
+    tune_text: bool = False  # preference on CLIP: also fit CLIP's text tower (image tower frozen)
+    ema: float = 0.0  # > 0: the returned weights are an exponential moving average (this decay)
     arch: ArchConfig = field(default_factory=ArchConfig)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +150,25 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 # --------------------------------------------------------------------------------------------
 # Generic fitting (plain arrays in, trained model out)
 # --------------------------------------------------------------------------------------------
+class _Ema:
+    """Exponential moving average of a model's trainable parameters (a no-op at decay 0)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad] if decay > 0 else []
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for s, p in zip(self.shadow, self.params, strict=True):
+            p.copy_(s)
+
+
 @torch.inference_mode()
 def _features(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 2048
@@ -173,12 +210,16 @@ def fit_preference(
         if init is not None:
             model.content_image.load_state_dict(init[0].image.state_dict())
             model.content_text.load_state_dict(init[0].text.state_dict())
-            for p in [*model.content_image.parameters(), *model.content_text.parameters()]:
-                p.requires_grad_(False)
+            frozen_parts = [model.content_image]
+            if not cfg.tune_text:
+                frozen_parts.append(model.content_text)
+            for part in frozen_parts:
+                part.requires_grad_(False)
             fa = _features(lambda x: model.content_image(_as_float(x, c_res)), xa)
             fb = _features(lambda x: model.content_image(_as_float(x, c_res)), xb)
             ft = _features(model.content_text, ids)
         opt = _optimizer(model, cfg)
+        ema = _Ema(model, cfg.ema)
         gen = torch.Generator().manual_seed(seed)
         model.train()
         for step in range(cfg.steps):
@@ -187,7 +228,8 @@ def fit_preference(
             idx = torch.randint(len(data), (min(cfg.batch_size, len(data)),), generator=gen)
             x = _as_float(torch.cat([xa[idx], xb[idx]]), res)
             if frozen:
-                f_img, f_txt = torch.cat([fa[idx], fb[idx]]), ft[idx].repeat(2, 1)
+                f_img = torch.cat([fa[idx], fb[idx]])
+                f_txt = (model.content_text(ids[idx]) if cfg.tune_text else ft[idx]).repeat(2, 1)
             else:
                 x_c = x if c_res == res else _as_float(torch.cat([xa[idx], xb[idx]]), c_res)
                 f_img, f_txt = model.content_image(x_c), model.content_text(ids[idx]).repeat(2, 1)
@@ -196,7 +238,9 @@ def fit_preference(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            ema.update()
             losses.append(loss.item())
+        ema.copy_to_model()
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
@@ -322,7 +366,12 @@ PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
         "utility": "ir",
         "seed_offset": 2,
         "arch": dataclasses.replace(
-            TASTE_ARCH, channels=(24, 32, 48), embed_dim=96, head_hidden=96, activation="gelu"
+            TASTE_ARCH,
+            channels=(16, 32, 48),
+            strides=(2, 2, 1),
+            embed_dim=96,
+            head_hidden=96,
+            activation="gelu",
         ),
     },
 }
@@ -370,10 +419,11 @@ def scorer_train_config(name: str, config: Any = None) -> TrainConfig:
         cfg = TrainConfig(steps=600, lr=3e-3, n_train=20_000, n_heldout=4_000, arch=CLIP_ARCH)
     elif name in PREFERENCE_SCORERS:
         cfg = TrainConfig(
-            steps=600,
+            steps=1000,
             batch_size=128,
             lr=3e-3,
             n_train=40_000,
+            tune_text=True,
             arch=PREFERENCE_SCORERS[name]["arch"],
         )
     else:
@@ -565,7 +615,8 @@ def train_clip_scorer(
     heldout = evaluate_retrieval(model, vocab, held, 16, held_seed)
     per_task = {}
     for task in TASKS:
-        images, prompts, _ = sample_scenes(task, 512, held_seed, split="test", config=world)
+        n_task = min(512, tcfg.n_heldout)
+        images, prompts, _ = sample_scenes(task, n_task, held_seed, split="test", config=world)
         res = evaluate_retrieval(model, vocab, CaptionData(images, prompts), 16, held_seed)
         per_task[task] = res["retrieval_top1_image_to_text"]
     top1 = heldout["retrieval_top1_image_to_text"]

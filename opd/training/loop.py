@@ -7,11 +7,20 @@ optimizer steps with a progress bar. Every ``checkpoint_every`` steps and at the
 an atomic checkpoint with the student, EMA and optimizer state, the method's extra state and the
 compute counters, and appends the step metrics to ``metrics.csv`` (rows past the resumed step are
 dropped first, so a resumed run's log equals an uninterrupted one's).
+
+Integrity: each checkpoint's manifest also records the size and SHA-256 of ``metrics.csv`` as it
+stood when the checkpoint was written; on resume the log must still start with exactly those
+bytes (else :class:`~opd.training.checkpoint.CheckpointError` names the file), and
+:func:`verify_run_log` checks a finished run's log the same way. A NaN or Inf in a logged loss,
+reward or gradient norm stops the run with :class:`NonFiniteError` naming the step (1-based,
+as in ``metrics.csv`` and the checkpoint names) and the component, before that step's update,
+log rows or checkpoint: the last good checkpoint is left as it was.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import platform
@@ -30,6 +39,7 @@ from opd.training.base import STUDENT, Method, RunContext, keyed_seed
 from opd.training.compute import ComputeCounter
 
 METRIC_FIELDS = ["step", "stage", "task", "metric", "value"]
+METRICS_LOG = "metrics.csv"
 
 
 class NonFiniteError(FloatingPointError):
@@ -106,9 +116,70 @@ def _all_reduce_mean(grads: list[torch.Tensor | None], world_size: int) -> None:
             g.div_(world_size)
 
 
-def _check_finite(name: str, value: float, iteration: int) -> None:
+def _check_finite(name: str, value: float, step: int) -> None:
     if not math.isfinite(value):
-        raise NonFiniteError(f"non-finite {name} ({value}) at step {iteration}")
+        raise NonFiniteError(f"non-finite {name} ({value}) at step {step}")
+
+
+def _log_record(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of the training log as it stands (stored in every checkpoint)."""
+    data = path.read_bytes() if path.exists() else b""
+    return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _check_log(path: Path, record: dict[str, Any], checkpoint: Path, exact: bool) -> bytes:
+    """The log's bytes after checking that it starts with (``exact``: equals) the recorded ones."""
+    data = path.read_bytes() if path.exists() else b""
+    n = int(record["bytes"])
+    problem = None
+    if not path.exists() and n:
+        problem = "is missing"
+    elif len(data) < n:
+        problem = f"is truncated ({len(data)} bytes, {n} recorded)"
+    elif hashlib.sha256(data[:n]).hexdigest() != record["sha256"]:
+        problem = "was altered (checksum mismatch)"
+    elif exact and len(data) != n:
+        problem = f"has {len(data) - n} bytes past the final checkpoint's record"
+    if problem:
+        raise ckpt.CheckpointError(
+            f"training log {path} {problem}: it does not match the record in "
+            f"{checkpoint / ckpt.MANIFEST}; restore the file, or remove the run folder to "
+            "start the run over"
+        )
+    return data
+
+
+def _restore_log(path: Path, manifest: dict[str, Any], checkpoint: Path) -> None:
+    """Verify the log against the resumed checkpoint and drop rows of later steps."""
+    record = manifest.get("metrics_log")
+    if record is None:  # a checkpoint written before logs were recorded
+        _truncate_metrics(path, int(manifest["step"]))
+        return
+    data = _check_log(path, record, checkpoint, exact=False)
+    if len(data) > int(record["bytes"]):  # rows of steps after the checkpoint: recomputed
+        with path.open("r+b") as fh:
+            fh.truncate(int(record["bytes"]))
+
+
+def verify_run_log(run_dir: Path) -> Path | None:
+    """Check a run folder's ``metrics.csv`` against its latest checkpoint's record.
+
+    Returns the log's path (``None`` for a run without log nor record); raises
+    :class:`~opd.training.checkpoint.CheckpointError` naming the file if it is missing,
+    truncated or altered.
+    """
+    run_dir = Path(run_dir)
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    path = run_dir / METRICS_LOG
+    if latest is None:
+        if path.exists():
+            raise ckpt.CheckpointError(f"training log {path} has no checkpoint to check it by")
+        return None
+    record = ckpt.read_manifest(latest).get("metrics_log")
+    if record is None:
+        return path if path.exists() else None
+    _check_log(path, record, latest, exact=True)
+    return path if path.exists() else None
 
 
 def _append_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -151,8 +222,8 @@ def train_run(
     from opd.training.context import build_context
 
     out_dir = Path(out_dir)
+    cls, cfg, section = resolve_method(profile, run)  # an unknown run leaves no folder behind
     out_dir.mkdir(parents=True, exist_ok=True)
-    cls, cfg, section = resolve_method(profile, run)
     compute = ComputeCounter()
     rank, world_size = init_distributed()  # first: it picks this process's GPU
     ctx: RunContext = build_context(profile, seed, compute, teachers or {})
@@ -180,11 +251,17 @@ def train_run(
     )
     ema = EMA(params, cfg.ema_decay, cfg.ema_every)
     ckpt_root = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.csv"
+    metrics_path = out_dir / METRICS_LOG
     start = 0
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
-        tensors, manifest = ckpt.load_checkpoint(latest)
+        try:
+            tensors, manifest = ckpt.load_checkpoint(latest)
+        except ckpt.CheckpointError as err:  # never a silent fresh start
+            raise ckpt.CheckpointError(
+                f"cannot resume {run}/seed{seed}: {err}. Nothing was overwritten; remove "
+                f"{latest} to resume from the checkpoint before it, or {out_dir} to start over"
+            ) from None
         if manifest.get("config_hash") != chash and not allow_config_change:
             raise ckpt.CheckpointError(
                 f"{latest} was written under another configuration "
@@ -202,7 +279,8 @@ def train_run(
         compute = ComputeCounter.from_dict(manifest["compute"])
         ctx.compute = compute
         start = int(manifest["step"])
-        _truncate_metrics(metrics_path, start)
+        if is_main:
+            _restore_log(metrics_path, manifest, latest)
     elif metrics_path.exists():
         metrics_path.unlink()
     if is_main:
@@ -232,6 +310,7 @@ def train_run(
                 "compute": compute.as_dict(),
                 "optimizer": opt_meta,
                 "adapter": model.adapter_info(STUDENT) if has_student else None,
+                "metrics_log": _log_record(metrics_path),
             },
         )
 
@@ -244,16 +323,25 @@ def train_run(
         compute.start()
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-        logs = method.step(it)
-        maybe_fail("train.step", it + 1)
-        if ctx.world_size > 1 and params:
-            _all_reduce_mean([p.grad for p in params.values()], ctx.world_size)
-        for key, value in logs.items():
-            _check_finite(key, float(value), it)
+        try:
+            logs = method.step(it)
+            maybe_fail("train.step", it + 1)
+            if ctx.world_size > 1 and params:
+                _all_reduce_mean([p.grad for p in params.values()], ctx.world_size)
+            for key, value in logs.items():
+                _check_finite(key, float(value), it + 1)
+            if opt is not None:
+                clip = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+                grad_norm = float(clip)
+                _check_finite("grad_norm", grad_norm, it + 1)
+                logs["grad_norm"] = grad_norm
+        except FloatingPointError as err:  # a NaN / Inf loss, reward or gradient
+            last = ckpt.latest_checkpoint(ckpt_root)
+            raise NonFiniteError(
+                f"{run}/seed{seed}: {err}; stopped before the update of step {it + 1}, the "
+                f"last good checkpoint is {last}"
+            ) from err
         if opt is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip))
-            _check_finite("grad_norm", grad_norm, it)
-            logs["grad_norm"] = grad_norm
             opt.step()
             ema.update(params, it)
         method.after_optimizer_step(it)

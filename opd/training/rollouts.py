@@ -91,9 +91,13 @@ def roll(
     batch = Batch(task, prompts, metadata, groups, embeds, traj, grid)
     if score or decode:
         batch.images = model.decode(traj.states[-1])
-    if score:
-        rewards = np.asarray(ctx.tasks[task].reward(batch.images, prompts, metadata), float)
+    if score:  # a NaN / Inf reward names the task and the (1-based) step, as metrics.csv does
+        where = f"task {task!r} at step {iteration + 1}"
+        try:
+            rewards = np.asarray(ctx.tasks[task].reward(batch.images, prompts, metadata), float)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"non-finite reward for {where}: {err}") from err
         if not np.all(np.isfinite(rewards)):
-            raise FloatingPointError(f"non-finite reward for task {task!r} at step {iteration}")
+            raise FloatingPointError(f"non-finite reward for {where}")
         batch.rewards = rewards
     return batch

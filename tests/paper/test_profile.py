@@ -144,7 +144,7 @@ def test_paper_profile_trains_opd_on_a_tiny_sd3(tmp_path: Path) -> None:
             "progress": False,
             "threads": 1,
             "paths": {"base": str(pipe), "results": str(tmp_path / "results")},
-            "model": {"dtype": "float32"},
+            "model": {"dtype": "float32", "sd3": {"resolution": 16, "max_sequence_length": 16}},
             "prompts": {
                 "cache_dir": str(tmp_path / "cache"),
                 "sets": {k: {"url": str(src / v), "count": None} for k, v in sets.items()},

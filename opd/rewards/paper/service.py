@@ -28,7 +28,9 @@ failure. A scorer never turns a failure into zeros.
 Scorer factories take ``backend``: ``"local"`` builds the model in this process, ``"http"``
 (with ``url``) or ``"subprocess"`` (with ``command``) returns a :class:`RemoteScorer`
 (:func:`remote_scorer`). ``python -m opd.rewards.paper.service serve --scorer NAME`` starts the
-server side of any registered scorer (its local backend) over HTTP or stdio.
+server side of any registered scorer (its local backend) over HTTP or stdio; ``... check
+--scorer NAME --config FILE`` checks that a configured scorer is ready (:func:`check_scorer`:
+the service's health probe, or an in-process scorer scoring one image).
 
 This module uses only the standard library, numpy and Pillow (and stays Python 3.10
 compatible), so a scorer image whose stack cannot install the ``opd`` package can copy it.
@@ -571,6 +573,78 @@ def build_local_scorer(name: str, options: dict[str, Any]) -> Scorer:
     return get_scorer(name, **{**options, "backend": "local"})
 
 
+CHECK_PROMPT = 'a sign that says "OPD"'
+
+
+def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def check_scorer(
+    name: str, options: dict[str, Any], *, retries: int = 3, backoff: float = 2.0
+) -> dict[str, Any]:
+    """Whether scorer ``name``, built by its factory with ``options`` (its ``scorer_options``),
+    is ready; a report (JSON-able) or :class:`ServiceError` naming the scorer and the failure.
+
+    A service must answer its probe (bounded retries): ``GET /health`` over HTTP (``ok``, this
+    protocol, this scorer), an empty request for a subprocess, ``GET /models`` listing the
+    served model for an OpenAI-compatible judge. An in-process scorer scores one blank image,
+    which downloads its weights and checks their pinned digests.
+    """
+    from opd.rewards import get_scorer
+
+    scorer = get_scorer(name, **options)
+    retry = Retrying(retries, backoff)
+    if isinstance(scorer, RemoteScorer) and isinstance(scorer.client, HTTPClient):
+        url = scorer.client.url
+        timeout = min(scorer.client.timeout, 30.0)
+        health = retry.run(
+            f"scorer service {name!r} at {url}/health",
+            lambda: _get_json(f"{url}/health", timeout),
+            _noop,
+        )
+        if not (
+            isinstance(health, dict)
+            and health.get("ok") is True
+            and health.get("protocol") == PROTOCOL
+            and health.get("scorer", name) == name
+        ):
+            raise ServiceError(f"scorer service {name!r} at {url}: unexpected health {health!r}")
+        return {"scorer": name, "backend": "http", "url": url, "health": health}
+    if isinstance(scorer, RemoteScorer) and isinstance(scorer.client, SubprocessClient):
+        try:
+            scorer.client.call(encode_request([], [], []), 0)
+        finally:
+            scorer.client.close()
+        return {"scorer": name, "backend": "subprocess", "command": scorer.client.command}
+    chat = str(getattr(scorer, "url", ""))
+    if chat.endswith("/chat/completions"):  # an OpenAI-compatible judge (unifiedreward)
+        base = chat.removesuffix("/chat/completions")
+        key = getattr(scorer, "api_key", "EMPTY")
+        reply = retry.run(
+            f"scorer service {name!r} at {base}/models",
+            lambda: _get_json(f"{base}/models", 30.0, {"Authorization": f"Bearer {key}"}),
+            _noop,
+        )
+        served = [m.get("id") for m in (reply or {}).get("data", []) if isinstance(m, dict)]
+        model = getattr(scorer, "model", None)
+        if model is not None and model not in served:
+            raise ServiceError(
+                f"scorer service {name!r} at {base} serves {served}, not the model {model!r}"
+            )
+        return {"scorer": name, "backend": "openai", "url": base, "models": served}
+    image = np.full((1, 256, 256, 3), 127, dtype=np.uint8)
+    out = scorer(image, [CHECK_PROMPT], [{}])
+    if isinstance(out, tuple):
+        out = out[0]
+    values = np.asarray(out, dtype=np.float64).reshape(-1)
+    if values.shape != (1,) or not np.all(np.isfinite(values)):
+        raise ServiceError(f"scorer {name!r} scored one image as {values!r}")
+    return {"scorer": name, "backend": "local", "score": float(values[0])}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m opd.rewards.paper.service", description="serve a scorer (protocol v1)"
@@ -584,7 +658,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--stdio", action="store_true", help="speak JSON lines on stdin/stdout")
     c = sub.add_parser("checksum", help="print the SHA-256 of a file (to pin weights)")
     c.add_argument("file")
+    k = sub.add_parser("check", help="check that a scorer is ready (service probe or one image)")
+    k.add_argument("--scorer", required=True, help="registered scorer name, e.g. geneval")
+    k.add_argument("--config", default=None, help="config whose scorer_options.<scorer> to use")
+    k.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    k.add_argument("--retries", type=int, default=3)
+    k.add_argument("--backoff", type=float, default=2.0)
     args = p.parse_args(argv)
+    if args.cmd == "check":
+        import yaml
+
+        options: dict[str, Any] = {}
+        if args.config:
+            with open(args.config, encoding="utf-8") as fh:
+                cfg = yaml.safe_load(fh) or {}
+            options = dict((cfg.get("scorer_options") or {}).get(args.scorer) or {})
+        options.update(_parse_options(args.option))
+        try:
+            report = check_scorer(args.scorer, options, retries=args.retries, backoff=args.backoff)
+        except ServiceError as err:
+            raise SystemExit(f"[{args.scorer}] not ready: {err} (docker/README.md)") from None
+        print(json.dumps(report), flush=True)
+        return 0
     if args.cmd == "checksum":
         from opd.rewards.paper.weights import sha256_file
 

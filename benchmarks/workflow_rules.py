@@ -1,0 +1,69 @@
+"""Summarise Snakemake's per-rule ``benchmark:`` files of one profile into JSON and a table.
+
+Usage: ``python benchmarks/workflow_rules.py --profile mini [--wall SECONDS]``. Reads every
+``benchmarks/<profile>/**/*.tsv`` that the workflow wrote (one per job: wall seconds, peak RSS,
+CPU time), groups them by rule (the first folder under the profile), and writes
+``benchmarks/<profile>_rules.json`` with per-rule totals, the largest peak memory and, when the
+whole run's wall time is given, the parallel efficiency (CPU-seconds of all jobs / cores x wall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def collect(profile: str) -> dict[str, dict[str, float]]:
+    rules: dict[str, dict[str, float]] = defaultdict(
+        lambda: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0}
+    )
+    base = ROOT / profile
+    for path in sorted(base.rglob("*.tsv")):
+        rule = path.relative_to(base).parts[0]
+        with path.open() as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                r = rules[rule]
+                r["jobs"] += 1
+                r["wall_s"] += float(row["s"])
+                r["cpu_s"] += float(row.get("cpu_time") or 0.0)
+                rss = row.get("max_rss")
+                if rss not in (None, "", "NA", "-"):
+                    r["max_rss_mb"] = max(r["max_rss_mb"], float(rss))
+    return dict(rules)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--wall", type=float, default=None, help="the whole run's wall seconds")
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    rules = collect(args.profile)
+    total_wall = sum(r["wall_s"] for r in rules.values())
+    total_cpu = sum(r["cpu_s"] for r in rules.values())
+    out = {
+        "profile": args.profile,
+        "rules": rules,
+        "sum_job_wall_s": round(total_wall, 1),
+        "sum_job_cpu_s": round(total_cpu, 1),
+        "max_rss_mb": max((r["max_rss_mb"] for r in rules.values()), default=0.0),
+    }
+    if args.wall:
+        out["run_wall_s"] = args.wall
+        out["parallel_efficiency"] = round(total_cpu / (args.cores * args.wall), 3)
+    (ROOT / f"{args.profile}_rules.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"{'rule':24s} {'jobs':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}")
+    for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall_s"]):
+        print(f"{name:24s} {r['jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f} "
+              f"{r['max_rss_mb']:9.1f}")
+    print(f"{'all jobs':24s} {'':5s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
