@@ -33,12 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from opd.config import ConfigError
     from opd.registry import UnknownNameError
+    from opd.training.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)
     except (ConfigError, UnknownNameError) as err:
         print(f"opd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (CheckpointError, FloatingPointError, FileNotFoundError) as err:
+        # damaged or foreign checkpoints, NaN/Inf (NonFiniteError), missing inputs: the
+        # message names the culprit; the traceback would only bury it
+        print(f"opd {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

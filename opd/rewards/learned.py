@@ -12,7 +12,8 @@ registered here:
 ``pick``, ``hps`` (analogs of PickScore and HPSv2.1)
     Preference models ``s(image, prompt)`` built on the trained CLIP, as PickScore and HPS are:
     ``s = MLP([taste(image), n(f_img) * n(f_txt)]) + alpha * cos(f_img, f_txt)``, where
-    ``f_img``, ``f_txt`` come from CLIP's towers (frozen while fitting) and ``taste`` is the
+    ``f_img``, ``f_txt`` come from CLIP's towers (copied from the trained ``clip``; the image
+    tower stays frozen, the text tower is fine-tuned) and ``taste`` is the
     model's own small image tower (conv + GroupNorm, a thumbnail MLP, a local-contrast input
     channel) for what raters like beyond content. Fit with the Bradley-Terry (pairwise
     logistic) loss ``-log sigmoid(s(winner) - s(loser))`` on image pairs rendered for one
@@ -280,7 +281,8 @@ class PreferenceModel(nn.Module):
         s = MLP([taste(x), 8 * n(f_img) * n(f_txt)]) + alpha * cos(f_img, f_txt)
 
     ``f_img``, ``f_txt`` come from the content towers (a CLIP image and text tower, copied from
-    the trained ``clip`` scorer and kept frozen while the preference is fit; ``n`` normalises);
+    the trained ``clip`` scorer; while the preference is fit the image tower stays frozen and
+    the text tower is optionally fine-tuned; ``n`` normalises);
     ``taste`` is the model's own image tower (conv + thumbnail + local-contrast input), which
     learns what the raters like about an image beyond its content.
     """
