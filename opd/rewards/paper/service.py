@@ -668,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "check":
         import yaml
 
+        # the importable module's classes (under `python -m` this one is __main__, whose
+        # classes are not those the scorer factories build)
+        from opd.rewards.paper import service
+
         options: dict[str, Any] = {}
         if args.config:
             with open(args.config, encoding="utf-8") as fh:
@@ -675,8 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = dict((cfg.get("scorer_options") or {}).get(args.scorer) or {})
         options.update(_parse_options(args.option))
         try:
-            report = check_scorer(args.scorer, options, retries=args.retries, backoff=args.backoff)
-        except ServiceError as err:
+            report = service.check_scorer(
+                args.scorer, options, retries=args.retries, backoff=args.backoff
+            )
+        except service.ServiceError as err:
             raise SystemExit(f"[{args.scorer}] not ready: {err} (docker/README.md)") from None
         print(json.dumps(report), flush=True)
         return 0
