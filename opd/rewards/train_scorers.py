@@ -739,18 +739,18 @@ def train_all_scorers(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opd.rewards.train_scorers --out DIR [--seed S] [--threads T] [--only ...]``;
-    exits 1 when a scorer misses its held-out bar."""
+    """``python -m opd.rewards.train_scorers --out DIR [--seed S] [--threads T] [--only ...]
+    [--strict]``; with ``--strict`` it exits 1 when a scorer misses its held-out bar (otherwise
+    the bars are only recorded in ``summary.json``)."""
     parser = argparse.ArgumentParser(description="train the mini world's learned scorers")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="folder for <name>/ and summary.json"
-    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for <name>/, summary.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=list(ALL_SCORERS), choices=ALL_SCORERS)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a bar is missed")
     args = parser.parse_args(argv)
     summary = train_all_scorers(None, args.seed, args.out, args.threads, args.only)
-    return 0 if summary["all_passed"] else 1
+    return 1 if args.strict and not summary["all_passed"] else 0
 
 
 if __name__ == "__main__":
