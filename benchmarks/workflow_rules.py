@@ -59,8 +59,9 @@ def main() -> int:
     (ROOT / f"{args.profile}_rules.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'rule':24s} {'jobs':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}")
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall_s"]):
-        print(f"{name:24s} {r['jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f} "
-              f"{r['max_rss_mb']:9.1f}")
+        print(
+            f"{name:24s} {r['jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f} {r['max_rss_mb']:9.1f}"
+        )
     print(f"{'all jobs':24s} {'':5s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}")
     return 0
 
