@@ -19,9 +19,9 @@ import torch
 
 from opd import objectives as obj
 from opd.registry import METHODS
-from opd.sampling import gaussian_log_prob, sde_step, step_noise
+from opd.sampling import gaussian_log_prob, sde_step
 from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
-from opd.training.rollouts import roll, sampler_for
+from opd.training.rollouts import forward_noising, roll, sampler_for
 
 
 @dataclasses.dataclass
@@ -174,14 +174,7 @@ class SFTDistill(Method):
             total = 0.0
             for k in range(cfg.noisings):
                 t = torch.as_tensor(rng.uniform(0.0, 1.0, size=n), dtype=torch.float32)
-                eps = step_noise(
-                    keyed_seed(self.ctx.seed, iteration, task, "sft_eps") % (2**62),
-                    k,
-                    list(range(n)),
-                    tuple(x0.shape[1:]),
-                )
-                tb = t.view(-1, *([1] * (x0.dim() - 1)))
-                xt = (1 - tb) * x0 + tb * eps
+                xt, eps, _tb = forward_noising(self, x0, t, iteration, task, "sft_eps", k)
                 v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
                 compute.forward(n, 1.0, grad=True)
                 loss = ((v - (eps - x0)) ** 2).flatten(1).mean(1).mean()

@@ -23,9 +23,9 @@ import torch
 
 from opd import objectives as obj
 from opd.registry import METHODS
-from opd.sampling import sde_step, step_noise
+from opd.sampling import sde_step
 from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
-from opd.training.rollouts import Batch, roll, sampler_for
+from opd.training.rollouts import Batch, forward_noising, roll, sampler_for
 
 
 @dataclasses.dataclass
@@ -195,14 +195,7 @@ class DiffusionNFT(_RLMethod):
             count = cfg.noisings * len(grid)
             for k in range(count):
                 t = grid[torch.as_tensor(rng.integers(0, len(grid), size=n))].clamp(1e-3, 1.0)
-                eps = step_noise(
-                    keyed_seed(self.ctx.seed, iteration, task, "nft_eps") % (2**62),
-                    k,
-                    list(range(n)),
-                    tuple(x0.shape[1:]),
-                )
-                tb = t.view(-1, *([1] * (x0.dim() - 1)))
-                xt = (1 - tb) * x0 + tb * eps
+                xt, _eps, tb = forward_noising(self, x0, t, iteration, task, "nft_eps", k)
                 v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
                 with torch.no_grad():
                     v_old = model.velocity(

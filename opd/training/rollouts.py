@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from opd.sampling import Trajectory, make_sampler, rollout, time_grid
+from opd.sampling import Trajectory, make_sampler, rollout, step_noise, time_grid
 from opd.training.base import Method, keyed_seed
 
 
@@ -101,3 +101,21 @@ def roll(
             raise FloatingPointError(f"non-finite reward for {where}")
         batch.rewards = rewards
     return batch
+
+
+def forward_noising(
+    method: Method,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    iteration: int,
+    task: str,
+    stream: str,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh noising ``x_t = (1 - t) x0 + t eps`` of clean samples (NFT, SFT): ``(x_t, eps, t)``
+    with ``t`` broadcast over the sample dims; ``eps`` keyed by (seed, iteration, task, stream)
+    and draw ``k``, one generator per sample."""
+    seed = keyed_seed(method.ctx.seed, iteration, task, stream) % (2**62)
+    eps = step_noise(seed, k, list(range(x0.shape[0])), tuple(x0.shape[1:]))
+    tb = t.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - tb) * x0 + tb * eps, eps, tb
