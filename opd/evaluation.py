@@ -1,11 +1,12 @@
 """Evaluation of checkpoints on every benchmark column with fixed prompts and seeds.
 
-For each task that a benchmark column scores, the first ``eval.prompts_per_task`` test prompts
-are sampled with the deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation
-seed; the images are decoded and scored by every column on that prompt set. A column's value
-for one evaluation seed is the scorer's mean, or its own aggregate where it defines one (the
-compositional score is the mean of its six sub-task accuracies, as GenEval's overall). Every
-saved checkpoint of a run is evaluated (EMA weights), which gives the retention curves.
+For each task that a benchmark column scores, ``eval.prompts_per_task`` test prompts (taken
+round-robin over the sub-task tags, so that every sub-task is covered) are sampled with the
+deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation seed; the images are
+decoded and scored by every column on that prompt set. A column's value for one evaluation seed
+is the scorer's mean, or its own aggregate where it defines one (the compositional score is the
+mean of its six sub-task accuracies, as GenEval's overall). Every saved checkpoint of a run is
+evaluated (EMA weights), which gives the retention curves.
 
 An eval CSV is written atomically with a sidecar ``<name>.csv.sha256`` holding its SHA-256;
 :func:`verify_eval_csv` (run by ``opd collect``) refuses a CSV that was truncated or altered
@@ -49,6 +50,24 @@ EVAL_FIELDS = [
 ]
 
 
+def stratified_prompts(
+    prompts: list[str], meta: list[dict[str, Any]], n: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """``n`` prompts taken round-robin over the metadata ``tag`` groups (in order of first
+    appearance, each group in its own order), so that a small evaluation subset covers every
+    sub-task (GenEval's overall score is the mean over six sub-tasks) instead of the first few."""
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(meta):
+        groups.setdefault(m.get("tag") if isinstance(m, dict) else None, []).append(i)
+    order: list[int] = []
+    queues = [list(reversed(g)) for g in groups.values()]
+    while len(order) < min(n, len(prompts)):
+        for q in queues:
+            if q and len(order) < n:
+                order.append(q.pop())
+    return [prompts[i] for i in order], [meta[i] for i in order]
+
+
 class Evaluator:
     """Holds the test prompts, their embeddings and the scorers of one profile."""
 
@@ -67,7 +86,7 @@ class Evaluator:
             task = spec["task"]
             if task not in self.prompts:
                 prompts, meta = load_prompts(task, "test", profile)
-                self.prompts[task] = (prompts[:n], meta[:n])
+                self.prompts[task] = stratified_prompts(prompts, meta, n)
         self.embeds = {t: model.encode_prompts(p) for t, (p, _) in self.prompts.items()}
         self.scorers = {
             c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()
