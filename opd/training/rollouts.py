@@ -85,6 +85,7 @@ def roll(
             sampler,
             seed,
             ids.tolist(),
+            device=model.device,
         )
     ctx.compute.forward(n * steps, guidance)
     ctx.compute.samples += n
@@ -116,6 +117,6 @@ def forward_noising(
     with ``t`` broadcast over the sample dims; ``eps`` keyed by (seed, iteration, task, stream)
     and draw ``k``, one generator per sample."""
     seed = keyed_seed(method.ctx.seed, iteration, task, stream) % (2**62)
-    eps = step_noise(seed, k, list(range(x0.shape[0])), tuple(x0.shape[1:]))
-    tb = t.view(-1, *([1] * (x0.dim() - 1)))
+    eps = step_noise(seed, k, list(range(x0.shape[0])), tuple(x0.shape[1:]), device=x0.device)
+    tb = t.to(x0.device).view(-1, *([1] * (x0.dim() - 1)))
     return (1 - tb) * x0 + tb * eps, eps, tb
