@@ -110,6 +110,7 @@ class Evaluator:
             self.seeds[0],
             list(range(n * k)),
             record=False,
+            device=self.model.device,
         )
         images = self.model.decode(traj.states[-1])
         return [images[j * n : (j + 1) * n] for j in range(k)]
