@@ -15,6 +15,7 @@ over the non-batch elements (Flow-GRPO's convention) unless ``reduce="sum"`` is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,16 +94,54 @@ def _bcast(coef: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
     return coef.to(dtype).reshape(coef.shape[0], *([1] * (x.dim() - 1)))
 
 
-def _per_sample(value: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
-    """A 0-d or (B,) tensor expanded to (B,) in ``dtype``."""
-    return value.to(dtype).reshape(-1).expand(batch).clone()
-
-
 def _check_steps(t: Tensor, t_next: Tensor) -> None:
     if bool(((t - t_next) <= 0).any()):
         raise ValueError("each step needs t > t_next (the grid runs from 1 down to 0)")
     if bool(((t > 1) | (t_next < 0)).any()):
         raise ValueError("times must lie in [0, 1]")
+
+
+Formula = Callable[[Tensor, Tensor, float], tuple[Tensor, ...]]
+
+
+def _is_number(t: TimeLike) -> bool:
+    return type(t) in (float, int)
+
+
+def _coefficients(
+    formula: Formula, t: TimeLike, t_next: TimeLike, param: float, x: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
+    """A step's coefficients ``formula(t, t_next, param)`` (float64 maths, checked times),
+    cast to ``dtype`` and shaped to broadcast over ``x`` (0-d, or (B, 1, ...) for (B,) times).
+
+    Times given as Python numbers (as :func:`rollout`, :func:`replay` and the trainers pass
+    them) hit a cache, so a step costs no coefficient arithmetic after its first use; the
+    values are the same ones, bit for bit, as for (B,) tensors of those times.
+    """
+    if _is_number(t) and _is_number(t_next):
+        return _cached_coefficients(formula, float(t), float(t_next), param, dtype, x.device)
+    tt, tn = _t64(t, x.device), _t64(t_next, x.device)
+    _check_steps(tt, tn)
+    return tuple(_bcast(c, x, dtype) for c in formula(tt, tn, param))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_coefficients(
+    formula: Formula,
+    t: float,
+    t_next: float,
+    param: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, ...]:
+    tt, tn = _t64(t, device), _t64(t_next, device)
+    _check_steps(tt, tn)
+    return tuple(c.to(dtype) for c in formula(tt, tn, param))
+
+
+def _rows(coef: Tensor, batch: int) -> Tensor:
+    """A coefficient from :func:`_coefficients` as a fresh (B,) tensor (a per-sample std)."""
+    return coef.reshape(-1).expand(batch).clone()
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor | float, reduce: str = "mean") -> Tensor:
@@ -149,10 +188,12 @@ class StepOutput:
 def ode_step(x: Tensor, v: Tensor, t: TimeLike, t_next: TimeLike) -> Tensor:
     """Euler step of the flow ODE: ``x - h v`` with ``h = t - t_next``."""
     dtype = _compute_dtype(x)
-    tt, tn = _t64(t, x.device), _t64(t_next, x.device)
-    _check_steps(tt, tn)
-    h = _bcast(tt - tn, x, dtype)
+    (h,) = _coefficients(_ode_coefficients, t, t_next, 0.0, x, dtype)
     return x.to(dtype) - h * v.to(dtype)
+
+
+def _ode_coefficients(tt: Tensor, tn: Tensor, _param: float) -> tuple[Tensor]:
+    return (tt - tn,)
 
 
 def flow_sde_sigma(t: TimeLike, t_next: TimeLike, noise_level: float) -> Tensor:
@@ -225,15 +266,18 @@ def sde_step(
     if a < 0 or not math.isfinite(a):
         raise ValueError(f"noise_level must be finite and >= 0, got {noise_level!r}")
     dtype = _compute_dtype(x)
-    tt, tn = _t64(t, x.device), _t64(t_next, x.device)
-    _check_steps(tt, tn)
+    coef_x, coef_v, std = _coefficients(_sde_coefficients, t, t_next, a, x, dtype)
+    mean = coef_x * x.to(dtype) - coef_v * v.to(dtype)
+    return _kernel_from_mean(mean, _rows(std, x.shape[0]), a > 0, noise, prev_sample)
+
+
+def _sde_coefficients(tt: Tensor, tn: Tensor, a: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(A, c h, s)`` of the Flow-GRPO kernel (see :func:`sde_step`), float64."""
     h = tt - tn
     sigma = flow_sde_sigma(tt, tn, a)
     coef_x = 1.0 - h * sigma**2 / (2.0 * tt)
     coef_v = transition_coefficient(tt, tn, a) * h
-    mean = _bcast(coef_x, x, dtype) * x.to(dtype) - _bcast(coef_v, x, dtype) * v.to(dtype)
-    std = _per_sample(sigma * torch.sqrt(h), x.shape[0], dtype)
-    return _kernel_from_mean(mean, std, a > 0, noise, prev_sample)
+    return coef_x, coef_v, sigma * torch.sqrt(h)
 
 
 def dance_sde_step(
@@ -256,15 +300,16 @@ def dance_sde_step(
     if e < 0 or not math.isfinite(e):
         raise ValueError(f"eta must be finite and >= 0, got {eta!r}")
     dtype = _compute_dtype(x)
-    tt, tn = _t64(t, x.device), _t64(t_next, x.device)
-    _check_steps(tt, tn)
+    coef_x, coef_v, std = _coefficients(_dance_coefficients, t, t_next, e, x, dtype)
+    mean = coef_x * x.to(dtype) - coef_v * v.to(dtype)
+    return _kernel_from_mean(mean, _rows(std, x.shape[0]), e > 0, noise, prev_sample)
+
+
+def _dance_coefficients(tt: Tensor, tn: Tensor, e: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(coef_x, coef_v, std)`` of the DanceGRPO kernel (see :func:`dance_sde_step`), float64."""
     h = tt - tn
     k = h * e * e / (2.0 * tt)  # weight of x1_hat
-    coef_x = 1.0 - k
-    coef_v = h + k * (1.0 - tt)
-    mean = _bcast(coef_x, x, dtype) * x.to(dtype) - _bcast(coef_v, x, dtype) * v.to(dtype)
-    std = _per_sample(e * torch.sqrt(h), x.shape[0], dtype)
-    return _kernel_from_mean(mean, std, e > 0, noise, prev_sample)
+    return 1.0 - k, h + k * (1.0 - tt), e * torch.sqrt(h)
 
 
 @dataclass
@@ -294,23 +339,56 @@ def dpm_solver_2m_step(
     to t = 0, which therefore returns ``x0_hat`` exactly (diffusers' ``lower_order_final``).
     """
     dtype = _compute_dtype(x)
-    tt, tn = _t64(t, x.device), _t64(t_next, x.device)
-    _check_steps(tt, tn)
+    prev = None if state is None else state.t
+    if _is_number(t) and _is_number(t_next) and (prev is None or prev.dim() == 0):
+        tt, coefs = _cached_dpm_coefficients(
+            float(t), float(t_next), None if prev is None else float(prev), dtype, x.device
+        )
+        t_x, a_x, a_0, coef = coefs
+    else:
+        tt, tn = _t64(t, x.device), _t64(t_next, x.device)
+        _check_steps(tt, tn)
+        raw = _dpm_coefficients(tt, tn, None if prev is None else prev.to(x.device))
+        t_x, a_x, a_0, coef = (None if c is None else _bcast(c, x, dtype) for c in raw)
     x, v = x.to(dtype), v.to(dtype)
-    x0 = x - _bcast(tt, x, dtype) * v
+    x0 = x - t_x * v
+    out = a_x * x + a_0 * x0
+    if coef is not None:
+        out = out + coef * (x0 - state.x0_hat.to(dtype))  # type: ignore[union-attr]
+    return out, DPMSolverState(x0_hat=x0, t=tt)
+
+
+def _dpm_coefficients(
+    tt: Tensor, tn: Tensor, tp: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(t, a_x, a_0, correction)`` of :func:`dpm_solver_2m_step` (float64); the second-order
+    correction is None where it vanishes (no previous step, or every entry dropped)."""
     a_x = tn / tt
     a_0 = (1.0 - tn) - (1.0 - tt) * tn / tt
-    out = _bcast(a_x, x, dtype) * x + _bcast(a_0, x, dtype) * x0
-    if state is not None:
+    coef = None
+    if tp is not None:
         lam = lambda s: torch.log1p(-s) - torch.log(s)  # noqa: E731
-        lam_t, lam_n, lam_p = lam(tt), lam(tn), lam(state.t.to(x.device))
+        lam_t, lam_n, lam_p = lam(tt), lam(tn), lam(tp)
         ok = torch.isfinite(lam_t) & torch.isfinite(lam_n) & torch.isfinite(lam_p)
         h = lam_n - lam_t
         r = torch.where(ok, (lam_t - lam_p) / torch.where(ok, h, 1.0), 1.0)
-        coef = torch.where(ok, 0.5 * a_0 / r, 0.0)
-        if bool((coef != 0).any()):
-            out = out + _bcast(coef, x, dtype) * (x0 - state.x0_hat.to(dtype))
-    return out, DPMSolverState(x0_hat=x0, t=tt)
+        c = torch.where(ok, 0.5 * a_0 / r, 0.0)
+        if bool((c != 0).any()):
+            coef = c
+    return tt, a_x, a_0, coef
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_dpm_coefficients(
+    t: float, t_next: float, t_prev: float | None, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """:func:`_dpm_coefficients` of number times: the float64 ``t`` (the next state's) and the
+    coefficients cast to ``dtype``, computed once per (t, t_next, t_prev)."""
+    tt, tn = _t64(t, device), _t64(t_next, device)
+    _check_steps(tt, tn)
+    tp = None if t_prev is None else _t64(t_prev, device)
+    raw = _dpm_coefficients(tt, tn, tp)
+    return tt, tuple(None if c is None else c.to(dtype) for c in raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,7 +729,9 @@ def rollout(
     ``velocity_fn(x, t)`` gets the (B, C, H, W) state and a (B,) float32 time tensor (CFG is the
     closure's business). The initial state is ``step_noise(seed, -1, sample_ids, shape)`` unless
     ``x_init`` is given; step j of a stochastic sampler uses ``step_noise(seed, j, ...)``, so a
-    sample's trajectory does not depend on the batch it is in. Runs under ``torch.no_grad()``
+    sample's trajectory does not depend on the batch it is in; the sampler's ``step`` gets the
+    grid times as Python floats (its coefficients are then cached across steps and rollouts,
+    with the same values as for (B,) tensors). Runs under ``torch.no_grad()``
     unless ``grad=True``. ``callback(j, x_next)`` is called after every step. ``device``
     defaults to ``x_init``'s device, else the CPU.
     """
@@ -670,25 +750,26 @@ def rollout(
         x = x_init.to(device)
     grid = grid.to(device=device, dtype=torch.float32)
     n, b = grid.shape[0] - 1, shape[0]
+    times = grid.tolist()  # the sampler gets Python numbers: its coefficients are cached
+    no_log_prob = torch.full((b,), float("nan"), device=device)
 
     states, means, stds, logps = [x], [], [], []
     any_stochastic = False
     state: Any = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for j in range(n):
-            t, t_next = grid[j].expand(b), grid[j + 1].expand(b)
-            v = velocity_fn(x, t)
+            v = velocity_fn(x, grid[j].expand(b))
             noise = None
             if sampler.stochastic:
                 noise = step_noise(seed, j, ids, shape[1:], device=device, dtype=x.dtype)
-            out, state = sampler.step(x, v, t, t_next, noise=noise, state=state)
+            out, state = sampler.step(x, v, times[j], times[j + 1], noise=noise, state=state)
             x = out.prev_sample
             if record:
                 states.append(x)
                 means.append(out.mean)
             stds.append(out.std)
             if out.log_prob is None:
-                logps.append(torch.full((b,), float("nan"), device=device))
+                logps.append(no_log_prob)
             else:
                 any_stochastic = True
                 logps.append(out.log_prob.to(torch.float32))
@@ -746,14 +827,16 @@ def replay(
         if not 0 <= j < n:
             raise ValueError(f"step {j} outside [0, {n})")
     grid = traj.timesteps
+    times = grid.tolist()
     results: dict[int, tuple[StepOutput, Tensor]] = {}
     todo = range(max(steps) + 1) if sampler.multistep else sorted(set(steps))
     state: Any = None
     for j in todo:
         x = traj.states[j]
-        t, t_next = grid[j].expand(b), grid[j + 1].expand(b)
-        v = velocity_fn(x, t)
-        out, state = sampler.step(x, v, t, t_next, prev_sample=traj.states[j + 1], state=state)
+        v = velocity_fn(x, grid[j].expand(b))
+        out, state = sampler.step(
+            x, v, times[j], times[j + 1], prev_sample=traj.states[j + 1], state=state
+        )
         results[j] = (out, v)
     log_probs = None
     if sampler.stochastic:
