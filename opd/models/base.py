@@ -362,16 +362,23 @@ class FlowModel(nn.Module):
         """
         batch = x.shape[0]
         tt = _as_time(t, batch, x.device)
-        embeds = embeds.expand(batch)
         with self._switched(adapter):
             if guidance_scale == 1.0:
-                return self._forward(x, tt, embeds)
-            un = (uncond if uncond is not None else self.empty_embeds(batch)).expand(batch)
-            both = self._forward(
-                torch.cat([x, x]), torch.cat([tt, tt]), PromptEmbeds.cat([un, embeds])
-            )
-            v_u, v_c = both.chunk(2)
-            return v_u + guidance_scale * (v_c - v_u)
+                return self._forward(x, tt, embeds.expand(batch))
+            pair = self._guidance_pair(embeds, uncond, batch)
+            return self._guided(x, tt, pair, guidance_scale)
+
+    def _guidance_pair(
+        self, embeds: PromptEmbeds, uncond: PromptEmbeds | None, batch: int
+    ) -> PromptEmbeds:
+        """The CFG batch's conditioning: ``batch`` unconditional rows, then the prompts'."""
+        un = (uncond if uncond is not None else self.empty_embeds(batch)).expand(batch)
+        return PromptEmbeds.cat([un, embeds.expand(batch)])
+
+    def _guided(self, x: Tensor, tt: Tensor, pair: PromptEmbeds, scale: float) -> Tensor:
+        """CFG ``v_u + s (v_c - v_u)`` from one forward of the doubled batch."""
+        v_u, v_c = self._forward(torch.cat([x, x]), torch.cat([tt, tt]), pair).chunk(2)
+        return v_u + scale * (v_c - v_u)
 
     def velocity_fn(
         self,
@@ -381,12 +388,22 @@ class FlowModel(nn.Module):
         adapter: str | None = None,
         uncond: PromptEmbeds | None = None,
     ) -> Callable[[Tensor, float | Tensor], Tensor]:
-        """Closure ``(x, t) -> v`` for `opd.sampling.rollout` (arguments as in `velocity`)."""
+        """Closure ``(x, t) -> v`` for `opd.sampling.rollout` and the trainers' per-step calls
+        (arguments as in `velocity`, same values bit for bit). The CFG batch's conditioning
+        (unconditional and prompt rows concatenated) is built once per batch size and reused
+        by every call, so use a closure while the prompt encoder does not change."""
+        pairs: dict[int, PromptEmbeds] = {}
 
         def fn(x: Tensor, t: float | Tensor) -> Tensor:
-            return self.velocity(
-                x, t, embeds, guidance_scale=guidance_scale, adapter=adapter, uncond=uncond
-            )
+            if guidance_scale == 1.0:
+                return self.velocity(x, t, embeds, adapter=adapter)
+            batch = x.shape[0]
+            pair = pairs.get(batch)
+            if pair is None:
+                pair = pairs[batch] = self._guidance_pair(embeds, uncond, batch)
+            tt = _as_time(t, batch, x.device)
+            with self._switched(adapter):
+                return self._guided(x, tt, pair, guidance_scale)
 
         return fn
 

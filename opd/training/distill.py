@@ -71,17 +71,20 @@ class DiffusionOPD(Method):
             teacher = self.ctx.teachers[task]
             g_t = self.ctx.tasks[task].teacher_guidance
             traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
+            times = grid.tolist()
+            teacher_v = model.velocity_fn(batch.embeds, guidance_scale=g_t, adapter=teacher)
+            student_v = model.velocity_fn(
+                batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
+            )
             total = 0.0
             for j in range(self.train_steps):
                 x, x_next = traj.states[j], traj.states[j + 1]
-                t, t_next = float(grid[j]), float(grid[j + 1])
+                t, t_next = times[j], times[j + 1]
                 with torch.no_grad():
-                    v_t = model.velocity(x, t, batch.embeds, guidance_scale=g_t, adapter=teacher)
+                    v_t = teacher_v(x, t)
                     out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next if a > 0 else None)
                 compute.forward(n, g_t)
-                v_s = model.velocity(
-                    x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
-                )
+                v_s = student_v(x, t)
                 out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next if a > 0 else None)
                 compute.forward(n, self.guidance, grad=True)
                 loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)

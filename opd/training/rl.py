@@ -94,14 +94,17 @@ class FlowGRPO(_RLMethod):
             batch = self.reward_batch(task, iteration, sampler, self.guidance, STUDENT)
             adv = self.advantages(batch)
             traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
+            times = grid.tolist()
+            student_v = model.velocity_fn(
+                batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
+            )
+            ref_v = model.velocity_fn(batch.embeds, guidance_scale=self.guidance, adapter=None)
             total = 0.0
             kl_total = 0.0
             for j in range(self.train_steps):
                 x, x_next = traj.states[j], traj.states[j + 1]
-                t, t_next = float(grid[j]), float(grid[j + 1])
-                v = model.velocity(
-                    x, t, batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
-                )
+                t, t_next = times[j], times[j + 1]
+                v = student_v(x, t)
                 out = sde_step(x, v, t, t_next, cfg.noise_level, prev_sample=x_next)
                 old = traj.log_probs[j]
                 if self.guard:
@@ -114,9 +117,7 @@ class FlowGRPO(_RLMethod):
                     loss = obj.grpo_clipped_loss(out.log_prob, old, adv, cfg.clip_range)
                 if cfg.beta > 0:
                     with torch.no_grad():
-                        v_ref = model.velocity(
-                            x, t, batch.embeds, guidance_scale=self.guidance, adapter=None
-                        )
+                        v_ref = ref_v(x, t)
                         mean_ref = sde_step(x, v_ref, t, t_next, cfg.noise_level).mean
                     compute.forward(n, self.guidance)
                     sigma_t = out.std / (t - t_next) ** 0.5
