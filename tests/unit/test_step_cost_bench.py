@@ -1,0 +1,87 @@
+"""The step-cost benchmark runs end to end in its quick mode and writes well-formed JSON.
+
+Timings depend on the machine, so nothing here compares a time or a ratio with a threshold:
+the test checks the JSON's structure, that every ratio is a finite positive number, and that
+the transformer calls recorded in each real run are the ones the method's formula requires.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "step_cost.py"
+METHODS = {"opd", "grpo", "grpo_guard", "nft", "multitask_grpo_guard"}
+SAMPLERS = {"ode", "flow_sde", "dance_sde", "dpm2m"}
+
+
+def _ratios(node, path=""):
+    """Every (path, value) whose key contains 'ratio' or 'speedup', anywhere in the JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if ("ratio" in key or key == "speedup") and not isinstance(value, dict | list):
+                yield f"{path}.{key}", value
+            else:
+                yield from _ratios(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _ratios(value, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("step_cost") / "step_cost.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "acceptance" in proc.stdout  # the printed table
+    return json.loads(out.read_text())
+
+
+def test_structure(bench_json: dict) -> None:
+    res = bench_json
+    assert {"meta", "acceptance", "rollout", "steps", "comparison", "scaling", "bf16"} <= set(res)
+    assert res["meta"]["quick"] is True and res["meta"]["threads"] == 1
+    assert {r["sampler"] for r in res["rollout"]} == SAMPLERS
+    assert {s["name"] for s in res["steps"]} == METHODS
+    for s in res["steps"]:
+        for key in ("seconds_per_step", "bare_seconds_per_step", "scorer_seconds_per_step"):
+            assert s[key] >= 0
+        assert s["model_evals_per_step"] > 0 and s["samples_per_step"] > 0
+    rows = res["comparison"]["rows"]
+    assert [r["name"] for r in rows] == ["opd", "multitask_grpo_guard", "grpo_guard_teacher"]
+    assert rows[0]["relative_to_opd"] == 1.0
+    for axis in ("tasks", "num_steps", "batch"):
+        points = {r["point"] for r in res["scaling"][axis]}
+        assert len(points) >= 2, axis
+    assert {"forward", "forward_backward", "matmul_64", "matmul_1024"} <= set(res["bf16"])
+    acc = res["acceptance"]
+    assert acc["bar"] == 1.15 and isinstance(acc["passed"], bool)
+
+
+def test_every_ratio_is_finite_and_positive(bench_json: dict) -> None:
+    found = list(_ratios(bench_json))
+    assert len(found) > 20
+    for where, value in found:
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, where
+
+
+def test_recorded_calls_match_the_formulas(bench_json: dict) -> None:
+    """The bare cost replays exactly the transformer work the mathematics requires."""
+    rows = [*bench_json["rollout"], *bench_json["steps"], *bench_json["comparison"]["rows"]]
+    rows += [r for axis in bench_json["scaling"].values() for r in axis]
+    assert all(r["calls_match"] for r in rows), [r["name"] for r in rows if not r["calls_match"]]
