@@ -37,7 +37,7 @@ def _style(**kw: object) -> Style:
 def test_config_round_trips_through_dict_and_carries_version():
     cfg = WorldConfig(resolution=32, caption_wrong=0.1)
     assert WorldConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.version == W.WORLD_VERSION == "mini-1"
+    assert cfg.version == W.WORLD_VERSION == "mini-2"
     with pytest.raises(ValueError):
         WorldConfig.from_dict({"no_such_field": 1})
 
@@ -233,3 +233,23 @@ def test_preference_pairs_label_the_higher_utility():
     noisy = W.preference_pairs(200, seed=1, utility="pick", temperature=0.3)
     agree = np.mean(noisy.label == noisy.label_true)
     assert 0.6 < agree < 1.0
+
+
+@pytest.mark.parametrize("align", ["left", "corner"])
+def test_text_align_pins_the_text_line(align: str) -> None:
+    cfg = WorldConfig(resolution=16, text_align=align)
+    scenes, _, _ = W.generate("text", 64, seed=5, config=cfg)
+    height = W.get_font(cfg.font_name).height
+    assert (scenes.text_x == int(np.ceil(cfg.border_px))).all()
+    bottom = cfg.resolution - int(np.ceil(cfg.border_px)) - height
+    if align == "corner":
+        assert (scenes.text_y == bottom).all()
+    else:  # any height: the lines are spread over the image
+        assert len(set(scenes.text_y.tolist())) > 3
+    free, _, _ = W.generate("text", 64, seed=5, config=WorldConfig(resolution=16))
+    assert len(set(free.text_x.tolist())) > 1
+
+
+def test_unknown_text_align_is_refused() -> None:
+    with pytest.raises(ValueError, match="text_align"):
+        WorldConfig(text_align="centre")

@@ -193,7 +193,7 @@ def _one(
             drops["c"] = drop_color
         cap, true = noisy(fn, attrs, drops)
 
-    if u[18] < cfg.extra_object_rate and len(objects) <= (1 if spec_text else 3):
+    if u[18] < cfg.extra_object_rate and len(objects) <= (0 if spec_text else 3):
         objects = (*objects, (_pick(u[19], n_shapes), _pick(u[20], n_colors)))
     if u[21] < cfg.caption_generic:
         cap = GENERIC_CAPTIONS[_pick(u[22], len(GENERIC_CAPTIONS))]

@@ -21,7 +21,7 @@ import numpy as np
 
 from opd.worlds.mini.font import font_for_resolution, get_font
 
-WORLD_VERSION = "mini-1"
+WORLD_VERSION = "mini-2"
 
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "texture")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -54,6 +54,9 @@ class WorldConfig:
     max_count: int = 4
     counting_counts: tuple[int, ...] = (2, 3, 4)
     max_text_len: int = 3
+    # "free": the text line anywhere; "left": at the left border, any height; "corner": at the
+    # bottom-left corner (the line's pixels then always meet the model's patch grid the same way)
+    text_align: str = "free"
     ink: tuple[int, int, int] = (20, 20, 20)
     # Style (never named by a prompt).
     background_probs: tuple[float, float, float] = (0.4, 0.3, 0.3)  # flat, gradient, texture
@@ -102,6 +105,10 @@ class WorldConfig:
             raise ValueError("resolution must be at least 16 px")
         if len(self.alphabet) != len(set(self.alphabet)):
             raise ValueError("alphabet has repeated letters")
+        if self.text_align not in ("free", "left", "corner"):
+            raise ValueError(
+                f"text_align must be 'free', 'left' or 'corner', got {self.text_align!r}"
+            )
         if max(self.counting_counts) > self.max_count:
             raise ValueError("counting_counts exceed max_count")
 
@@ -647,6 +654,10 @@ def layout_scenes(
                 if w.size == 0:
                     break
                 px, py = _draw_position(rng, ex[w, j], ey[w, j], res, border, j == k)
+                if j == k and cfg.text_align in ("left", "corner"):
+                    px = np.ceil(border) + ex[w, j]
+                if j == k and cfg.text_align == "corner":
+                    py = res - np.ceil(border) - ey[w, j]
                 first = earlier[t[w]] == j
                 if first.any():
                     # The first object of a relation goes to the half that leaves room for the
