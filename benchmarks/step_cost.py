@@ -629,6 +629,7 @@ def run_benchmark(
         command += " --sections " + ",".join(sections)
     meta = {
         "profile": profile,
+        "world_version": p.get("world", {}).get("version"),
         "quick": quick,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
