@@ -56,8 +56,10 @@ def learned_checks(scorer_dir: Path) -> list[dict[str, Any]]:
     for name, info in summary.get("scorers", summary).items():
         if not isinstance(info, dict):
             continue
+        info = info.get("heldout", info)  # train_all_scorers nests the held-out figures
         for key, label in (
             ("pairwise_accuracy", "held-out pairwise accuracy"),
+            ("retrieval_top1", "held-out top-1 of 16"),
             ("top1_retrieval", "held-out top-1 of 16"),
         ):
             if key in info:

@@ -1,0 +1,28 @@
+"""The world-validation table reads the learned scorers' held-out figures as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from opd.validation import learned_checks
+
+
+def test_learned_checks_read_the_nested_heldout_figures(tmp_path: Path) -> None:
+    summary = {
+        "scorers": {
+            "hps": {"heldout": {"pairwise_accuracy": 0.871, "n": 2000}, "train_seconds": 9.0},
+            "pick": {"heldout": {"pairwise_accuracy": 0.93}},
+            "clip": {"heldout": {"retrieval_top1": 0.984, "retrieval_candidates": 16}},
+        }
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    rows = {r["check"]: r for r in learned_checks(tmp_path)}
+    assert set(rows) == {
+        "hps held-out pairwise accuracy",
+        "pick held-out pairwise accuracy",
+        "clip held-out top-1 of 16",
+    }
+    assert rows["hps held-out pairwise accuracy"]["passed"] is False  # 0.871 < 0.9
+    assert rows["pick held-out pairwise accuracy"]["passed"] is True
+    assert rows["clip held-out top-1 of 16"]["value"] == 0.984
