@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -63,14 +64,26 @@ def test_two_processes_match_one(smoke_teachers: dict, smoke_stage1: dict, tmp_p
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
+    # The global gradient: its norm (logged before clipping) is scale-sensitive, which the
+    # weights are not under Adam, so a shard mean taken wrongly (a factor 2, a missing
+    # all-reduce) shows here. One float32 reduction apart: rounding only.
+    gn = [
+        pd.read_csv(d / "metrics.csv").query("metric == 'grad_norm'").set_index("step")["value"]
+        for d in (one, two)
+    ]
+    assert len(gn[0]) == len(gn[1]) > 0
+    assert ((gn[0] - gn[1]).abs() / gn[0].abs()).max() < 1e-5
+
     a, b = _final_student(one), _final_student(two)
     assert a.keys() == b.keys() and a
-    for key in a:
-        # float32 rounding: the shards run batches of another size (other kernels) and the
-        # gradient mean is a mean of shard means; LoRA B starts at 0, so compare norms
-        ref = a[key].double()
-        rel = float((ref - b[key].double()).norm() / ref.norm().clamp_min(1e-30))
-        assert rel < 1e-5, f"{key}: relative difference {rel:.2e}"
+    # float32 rounding: the shards run batches of another size (other kernels) and the gradient
+    # mean is a mean of shard means. Compared over the whole adapter: a tensor whose gradient is
+    # near zero (LoRA B starts at 0) moves by Adam's near-sign steps, which turn rounding into
+    # relative differences of ~1e-4 on its own tiny norm (measured: to_q B 6e-5, others 1e-6).
+    ref = torch.cat([a[k].double().flatten() for k in a])
+    got = torch.cat([b[k].double().flatten() for k in a])
+    rel = float((ref - got).norm() / ref.norm().clamp_min(1e-30))
+    assert rel < 1e-5, f"relative difference of the whole adapter {rel:.2e}"
     base = torch.cat([t.flatten() for t in a.values()])
     assert base.abs().sum() > 0  # the student moved (B started at zero)
     # one writer: the 2-process run has exactly one metrics log and one final adapter
