@@ -73,8 +73,8 @@ vector-Jacobian products (cotangents ``mu_S - mu_T`` and ``x' - mu_S``) give eve
 per-draw gradient, with per-sample LoRA gradients from forward hooks (:class:`LoraRowGrads`);
 at fixed states the closed form's product is taken once on the un-replicated state. Memory
 grows as draws x trainable parameters (fine for the mini world; the paper profile needs small
-``draws``). At mini size (4 noise levels, 64 draws, 9 steps, 24 px) the study takes about
-1.5 minutes on one CPU core.
+``draws``). At mini size (4 noise levels, 64 draws, 9 steps) it took about 1.5 minutes on one
+CPU core in the 24 px world of ``mini-1``; the 16 px world has as many tokens per image.
 """
 
 from __future__ import annotations
