@@ -5,13 +5,12 @@ the tiny model and on the full SD3.5-Medium shape (meta tensors: shapes only, no
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmark_run import run_benchmark
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -29,19 +28,10 @@ def _bench():
 
 
 def test_tiny_cpu_run_writes_the_json(tmp_path: Path) -> None:
-    out = tmp_path / "tiny.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    res = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    stdout, data = run_benchmark(
+        SCRIPT, ["--tiny"], tmp_path / "tiny.json", timeout=300, CUDA_VISIBLE_DEVICES=""
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "ratio suite / bare" in res.stdout
-    data = json.loads(out.read_text())
+    assert "ratio suite / bare" in stdout
     for key in ("device", "versions", "note", "config", "calls", "timing", "flops", "throughput"):
         assert key in data, key
     timing, flops = data["timing"], data["flops"]

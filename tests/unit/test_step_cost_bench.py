@@ -7,14 +7,12 @@ the transformer calls recorded in each real run are the ones the method's formul
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "step_cost.py"
@@ -38,18 +36,9 @@ def _ratios(node, path=""):
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("step_cost") / "step_cost.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "acceptance" in proc.stdout  # the printed table
-    return json.loads(out.read_text())
+    stdout, data = run_benchmark(SCRIPT, ["--quick"], out, timeout=600)
+    assert "acceptance" in stdout  # the printed table
+    return data
 
 
 def test_structure(bench_json: dict) -> None:

@@ -1,0 +1,28 @@
+"""Run a ``benchmarks/`` script in a one-thread subprocess, as its tests do, and read its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(
+    script: Path, args: list[str], out: Path, timeout: int, **env: str
+) -> tuple[str, dict]:
+    """The script's stdout and the JSON it wrote to ``out`` (``--out`` is added); a failed run
+    fails the test with the end of its stderr."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout, json.loads(Path(out).read_text())
