@@ -159,3 +159,8 @@ class Method:
     def stage_of(self, iteration: int) -> str:
         """The stage label recorded with each step (cascade RL overrides it)."""
         return "train"
+
+    def checkpoint_steps(self) -> set[int]:
+        """Steps checkpointed besides every ``checkpoint_every`` and the last (cascade RL: the
+        stage boundaries, so that forgetting is measured right before and after each stage)."""
+        return set()

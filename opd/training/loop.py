@@ -314,6 +314,7 @@ def train_run(
             },
         )
 
+    extra_checkpoints = method.checkpoint_steps()
     if start == 0 and latest is None:
         save(0)  # the initial student: evaluations start from it
     bar = tqdm(
@@ -366,7 +367,7 @@ def train_run(
         bar.update(1)
         bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(logs.items())[:3]})
         step = it + 1
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in extra_checkpoints:
             save(step)
     bar.close()
     if total == cfg.steps and is_main:

@@ -8,6 +8,7 @@ import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,9 @@ def test_method_trains_end_to_end_on_smoke(smoke_stage1, smoke_teachers, tmp_pat
     assert (out / "DONE").exists()
     steps = [int(p.name.split("_")[1]) for p in ckpt.list_checkpoints(out / "checkpoints")]
     assert steps[0] == 0 and steps[-1] == mcfg.steps
+    if run == "cascade_nft":  # every stage's last step is checkpointed, whatever the cadence
+        ends = set(np.cumsum([s["steps"] for s in mcfg.schedule]).tolist())
+        assert ends <= set(steps), (ends, steps)
     manifest = ckpt.verify_checkpoint(ckpt.latest_checkpoint(out / "checkpoints"))
     if mcfg.steps and run != "teacher_merge":
         assert manifest["compute"]["model_evals"] > 0
