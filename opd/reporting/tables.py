@@ -218,6 +218,7 @@ def build_table(
             "run": run,
             "role": str(sub["role"].iloc[0]),
             "n_seeds": int(sub["seed"].nunique()),
+            "needs_teachers": bool(info.get(run, RunInfo(run)).needs_teachers),
         }
         for col in columns:
             rec[f"{col}_mean"], rec[f"{col}_std"] = _mean_std(sub[col])
@@ -235,7 +236,7 @@ def build_table(
             rec["hours_parallel"] = hours + float(t_hours.max())
             rec["hours_total"] = hours + float(t_hours.sum())
         records.append(rec)
-    cols = ["row", "run", "role", "n_seeds"]
+    cols = ["row", "run", "role", "n_seeds", "needs_teachers"]
     cols += [f"{c}_{s}" for c in columns for s in ("mean", "std")]
     cols += ["average_mean", "average_std", *COMPUTE]
     return pd.DataFrame(records, columns=cols)
@@ -338,6 +339,32 @@ def bounds_lines(table: Table) -> list[str]:
     return lines
 
 
+def fairness_lines(table: Table, reference: str = "opd") -> list[str]:
+    """MINI.md's fairness rule, checked on the measured compute: every trained run that learns
+    without teachers (multi-task, cascade, weighted-sum RL) should have used at least the model
+    evaluations of the teachers plus DiffusionOPD (``reference``'s total). A header line, then
+    one line per run with its ratio, a ratio below 1 flagged; empty without the reference row."""
+    df = table.data
+    ref = df[df["run"] == reference]
+    if ref.empty or not float(ref["evals_total"].iloc[0]) > 0:
+        return []
+    budget = float(ref["evals_total"].iloc[0])
+    lines = []
+    for _, r in df.iterrows():
+        evals = float(r["evals_total"])
+        if r["role"] in ("base", "teacher") or r["needs_teachers"] or not evals > 0:
+            continue
+        flag = "" if evals >= budget else " (BELOW the teachers + DiffusionOPD budget)"
+        lines.append(f"  - {r['run']}: {format_count(evals)} evals = {evals / budget:.2f}x{flag}")
+    if not lines:
+        return []
+    head = (
+        "Fairness (MINI.md): the runs without teachers against the teachers + "
+        f"{reference} total of {format_count(budget)} model evaluations:"
+    )
+    return [head, *lines]
+
+
 def notes(table: Table) -> list[str]:
     seeds = ", ".join(map(str, table.seeds)) or "–"
     evs = ", ".join(map(str, table.eval_seeds)) or "–"
@@ -349,6 +376,7 @@ def notes(table: Table) -> list[str]:
         "Compute: model evaluations and wall-clock hours of training. For runs that distil "
         "from teachers, 'parallel' adds the longest teacher (teachers trained in parallel) and "
         "'total' adds every teacher; other runs show their own compute in both.",
+        *fairness_lines(table),
     ]
 
 
@@ -429,6 +457,9 @@ def caption(table: Table, cfg: Mapping[str, Any]) -> str:
             )
     text = " ".join(parts) + "\n\n" + "\n\n".join(n.strip() for n in notes(table)[:2])
     text += "\n\n" + "\n".join(f"- {line}" for line in bounds_lines(table)) + "\n"
+    fair = fairness_lines(table)
+    if fair:
+        text += "\n" + fair[0] + "\n\n" + "\n".join(x.strip() for x in fair[1:]) + "\n"
     return text
 
 

@@ -12,7 +12,14 @@ import pytest
 
 from opd.reporting import FIGURES, METRIC_COLUMNS
 from opd.reporting.collect import collect, read_metrics, write_metrics
-from opd.reporting.tables import RunInfo, bounds_lines, make_tables, write_tables
+from opd.reporting.tables import (
+    RunInfo,
+    bounds_lines,
+    fairness_lines,
+    make_tables,
+    notes,
+    write_tables,
+)
 
 CFG = {
     "profile": "unit",
@@ -161,6 +168,19 @@ def test_compute_parallel_adds_longest_teacher_total_adds_all(tables):
     teacher = _row(tables["table1"], "teacher_b")
     assert teacher["evals_total"] == pytest.approx(300)
     assert math.isnan(_row(tables["table1"], "base_cfg")["evals_total"])
+
+
+def test_fairness_compares_runs_without_teachers_to_teachers_plus_opd(tables):
+    lines = fairness_lines(tables["table1"])  # opd 50 + teachers 100 + 300 = 450; multi 500
+    assert "450" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["- multi"]
+    assert "1.11x" in lines[1] and "BELOW" not in lines[1]
+    assert lines[0] in notes(tables["table1"])  # written under every Table 1
+    starved = synthetic_metrics()
+    starved.loc[starved["run"] == "multi", "model_evals"] *= 0.8  # 400 < 450
+    low = fairness_lines(make_tables(starved, CFG, INFO)["table1"])
+    assert "0.89x" in low[1] and "BELOW" in low[1]
+    assert fairness_lines(tables["ablations"]) == []  # only teacher-distilling rows there
 
 
 def test_ablation_table_has_reference_and_uses_table1_bounds(tables):
