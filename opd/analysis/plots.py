@@ -90,8 +90,12 @@ def _fmt_a(a: float) -> str:
 
 
 def _num(x: float, digits: int = 3) -> str:
+    """A measured number for a caption; below 1e-12 in size it is rounding residue (a mean of
+    equal values), printed as 0."""
     if x is None or not math.isfinite(x):
         return "inf" if x == math.inf else "n/a"
+    if abs(x) < 1e-12:
+        return "0"
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
         return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}"
@@ -418,7 +422,7 @@ def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFr
     for row in own.itertuples():
         if row.stage == finals.get(row.run):
             continue  # the task's own stage is the last one: nothing came after it
-        verb = "loses" if row.value >= 0 else "gains"
+        verb = "loses" if row.value >= 0 or abs(row.value) < 1e-12 else "gains"
         parts.append(
             f"{row.run} {verb} {_num(abs(row.value))} on {row.metric} after its last "
             f"{cfg['benchmarks'][row.metric]['task']} stage ({row.stage})."
@@ -437,6 +441,8 @@ def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFr
     gaps = main[main["statistic"] == "gap_to_teacher"]
     gaps = gaps[gaps["role"] == "table1"]
     for run, g in gaps.groupby("run", sort=True):
-        items = ", ".join(f"{r.metric} {r.value:+.3g}" for r in g.itertuples())
+        items = ", ".join(
+            f"{r.metric} {'+' if r.value >= 0 else '-'}{_num(abs(r.value))}" for r in g.itertuples()
+        )
         parts.append(f"{run} final minus teacher final: {items}.")
     return " ".join(parts)
