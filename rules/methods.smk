@@ -26,4 +26,4 @@ rule train_run:
         launch=LAUNCH,
     shell:
         "{params.launch} train --config {input.cfg} --run {wildcards.run} --seed {wildcards.seed}"
-        " --out {params.out} {params.teachers} > {log} 2>&1"
+        " --out {params.out} {params.teachers} --restart-on-config-change > {log} 2>&1"

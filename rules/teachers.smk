@@ -29,7 +29,7 @@ rule train_teacher:
         launch=LAUNCH,
     shell:
         "{params.launch} train --config {input.cfg} --run teacher_{wildcards.task} --seed 0"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} --restart-on-config-change > {log} 2>&1"
 
 
 rule fetch_teacher:

@@ -27,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="resume from a checkpoint written under another configuration",
     )
+    p.add_argument(
+        "--restart-on-config-change",
+        action="store_true",
+        help="if the run folder was written under another configuration, set it aside in "
+        "stale-<hash>/ and start over (the workflow's choice when an edited config reruns a job)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     return p
 
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         dict(args.teacher),
         allow_config_change=args.allow_config_change,
+        restart_on_config_change=args.restart_on_config_change,
         progress=bool(cfg.get("progress", True)),
         max_steps=args.max_steps,
     )

@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -203,6 +204,16 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         writer.writerows(rows)
 
 
+def _set_aside(out_dir: Path, old_hash: str) -> None:
+    """Move a run folder's outputs of another configuration into ``stale-<old_hash>/``."""
+    stale = out_dir / f"stale-{old_hash}"
+    stale.mkdir(exist_ok=True)
+    for name in ("checkpoints", METRICS_LOG, "final", "DONE"):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, stale / name)
+    print(f"[opd] {out_dir}: the configuration changed; earlier outputs moved to {stale}")
+
+
 def train_run(
     profile: dict[str, Any],
     run: str,
@@ -211,13 +222,18 @@ def train_run(
     teachers: dict[str, Path] | None = None,
     *,
     allow_config_change: bool = False,
+    restart_on_config_change: bool = False,
     progress: bool = True,
     max_steps: int | None = None,
 ) -> Path:
     """Train run ``run`` (a method entry of the profile or ``teacher_<task>``) with ``seed``.
 
     ``teachers`` maps task -> adapter folder of its frozen teacher. ``max_steps`` stops early
-    (for tests of resume) without changing the schedule. Returns ``out_dir``.
+    (for tests of resume) without changing the schedule. A run folder whose last checkpoint was
+    written under another configuration is an error, unless ``allow_config_change`` (resume from
+    it anyway) or ``restart_on_config_change`` (move its checkpoints, metrics and final adapter
+    into ``stale-<old hash>/`` and start over: what the workflow does when an edited config makes
+    Snakemake rerun the job). Returns ``out_dir``.
     """
     from opd.training.context import build_context
 
@@ -262,12 +278,16 @@ def train_run(
                 f"cannot resume {run}/seed{seed}: {err}. Nothing was overwritten; remove "
                 f"{latest} to resume from the checkpoint before it, or {out_dir} to start over"
             ) from None
-        if manifest.get("config_hash") != chash and not allow_config_change:
+        if manifest.get("config_hash") != chash and restart_on_config_change:
+            _set_aside(out_dir, str(manifest.get("config_hash")))
+            latest = None
+        elif manifest.get("config_hash") != chash and not allow_config_change:
             raise ckpt.CheckpointError(
                 f"{latest} was written under another configuration "
                 f"(hash {manifest.get('config_hash')} != {chash}); pass "
                 "--allow-config-change to resume anyway, or remove the run folder"
             )
+    if latest is not None:
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(tensors["student"][k])

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -340,6 +341,26 @@ def test_resume_under_another_config_refuses_unless_asked(cfg, run_copy, fault):
         _assert_last_good_checkpoint_intact(run_copy, before, 1)
         train_run(changed, RUN, 0, run_copy, progress=False, allow_config_change=True)
         assert _steps(run_copy) == [0, 1, 2] and (run_copy / "DONE").exists()
+
+
+def test_restart_on_config_change_sets_the_old_run_aside_and_starts_over(cfg, run_copy, fault):
+    """The workflow's choice: an edited config reruns the job from step 0, keeping the old."""
+    changed = {**cfg, "tasks": {**cfg["tasks"]}}
+    changed["tasks"]["text"] = {
+        **cfg["tasks"]["text"],
+        "teacher": {**cfg["tasks"]["text"]["teacher"], "lr": 0.5},
+    }
+    before = _digests(run_copy)
+    old_hash = ckpt.load_checkpoint(run_copy / "checkpoints" / "step_0000001")[1]["config_hash"]
+    with fault("resume with a different config hash, restart asked"):
+        train_run(changed, RUN, 0, run_copy, progress=False, restart_on_config_change=True)
+        stale = run_copy / f"stale-{old_hash}"
+        assert _digests(stale) == before  # the old outputs moved intact
+        assert _steps(run_copy) == [0, 1, 2] and (run_copy / "DONE").exists()
+        manifest = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_copy / "checkpoints"))[1]
+        assert manifest["config_hash"] != old_hash
+        first = pd.read_csv(run_copy / "metrics.csv")["step"].min()
+        assert first == 1  # logged from the first step again, not resumed after step 1
 
 
 def test_a_checkpoint_in_progress_is_ignored_and_replaced(cfg, run_copy, fault):
