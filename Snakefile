@@ -45,6 +45,7 @@ localrules:
     make_tables,
     make_figures,
     retention,
+    check_properties,
     plot_grad_variance,
     prepare,
     fetch_prompts,

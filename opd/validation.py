@@ -165,15 +165,22 @@ def floor_evaluation(profile: dict[str, Any], seed: int = 12345) -> pd.DataFrame
 
 
 def validate_world(profile: dict[str, Any], base_eval_csv: Path, out_dir: Path) -> pd.DataFrame:
-    """Write ``world_validation.{csv,md}`` under ``out_dir`` and return the table."""
+    """Write ``world_validation.{csv,md}`` and ``world_bounds.json`` (each column's floor and
+    ceiling) under ``out_dir`` and return the table."""
     rows = scorer_checks(profile)
     rows += learned_checks(Path(profile["paths"]["scorers"]))
     base_eval = pd.read_csv(base_eval_csv)
-    rows += base_checks(profile, base_eval, floor_evaluation(profile), ceiling_values(profile))
+    floor_eval, ceiling = floor_evaluation(profile), ceiling_values(profile)
+    rows += base_checks(profile, base_eval, floor_eval, ceiling)
     table = pd.DataFrame(rows)
     table.insert(0, "world_version", profile["world"].get("version"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    floor = floor_eval.groupby("column")["value"].mean()
+    bounds = {
+        c: {"floor": float(floor[c]), "ceiling": float(ceiling[c])} for c in profile["benchmarks"]
+    }  # read by the teacher-property checks (opd.analysis.properties)
+    (out_dir / "world_bounds.json").write_text(json.dumps(bounds, indent=1) + "\n")
     table.to_csv(out_dir / "world_validation.csv", index=False)
     (out_dir / "world_validation.md").write_text(table.to_markdown(index=False) + "\n")
     return table

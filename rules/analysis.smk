@@ -113,3 +113,28 @@ rule retention:
     shell:
         "opd retention --config {input.cfg} --metrics {input.metrics}"
         " --out-dir {params.out} > {log} 2>&1"
+
+
+rule check_properties:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        metrics=METRICS,
+        bounds=world_bounds(),
+    output:
+        csv=report(
+            f"{TABLES_DIR}/properties.csv",
+            caption="../report/properties.rst",
+            category="World",
+            labels={"table": "properties 3, 4 and recovery"},
+        ),
+        md=f"{TABLES_DIR}/properties.md",
+    log:
+        f"{LOGS}/analysis/properties.log",
+    conda:
+        ENV
+    params:
+        key=config_key("benchmarks", "tasks"),
+        out=output_dir,
+    shell:
+        "opd properties --config {input.cfg} --metrics {input.metrics}"
+        " --out-dir {params.out} > {log} 2>&1"

@@ -487,7 +487,12 @@ def table_targets():
         for name, formats in TABLES.items()
         for ext in formats
     ]
-    return [*files, f"{TABLES_DIR}/retention.csv"]
+    return [*files, f"{TABLES_DIR}/retention.csv", f"{TABLES_DIR}/properties.csv"]
+
+
+def world_bounds():
+    """Each column's floor and ceiling from the world validation (profiles with a world)."""
+    return [f"{TABLES_DIR}/world_bounds.json"] if "world" in CFG else []
 
 
 def figure_targets():

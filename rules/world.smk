@@ -80,6 +80,7 @@ rule validate_world:
             labels={"table": "world validation"},
         ),
         md=f"{TABLES_DIR}/world_validation.md",
+        bounds=f"{TABLES_DIR}/world_bounds.json",
     log:
         f"{LOGS}/world/validate.log",
     conda:

@@ -1,0 +1,35 @@
+"""``opd properties``: MINI.md's properties 3 and 4 and the recovery bar from ``metrics.csv``.
+
+``opd properties --config C --metrics results/<p>/metrics.csv --out-dir results/<p>/tables``
+writes ``properties.{csv,md}`` (:func:`opd.analysis.properties.write_property_checks`), using
+the ceilings in ``world_bounds.json`` of the same folder when the world validation wrote one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from opd.commands._common import add_config_args, load
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("properties", help="check teacher gains, conflicts and OPD's recovery")
+    add_config_args(p)
+    p.add_argument("--metrics", type=Path, required=True, help="the tidy metrics.csv")
+    p.add_argument("--out-dir", type=Path, required=True, help="the tables folder")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from opd.analysis.properties import write_property_checks
+    from opd.commands.retention import read_metrics
+
+    cfg = load(args)
+    table = write_property_checks(
+        read_metrics(args.metrics), cfg, args.out_dir / "world_bounds.json", args.out_dir
+    )
+    print(f"[opd] properties: {int(table['passed'].sum())}/{len(table)} checks pass")
+    for _, row in table[~table["passed"]].iterrows():
+        print(f"  FAILED ({row['property']}): {row['check']}: {row['value']} {row['threshold']}")
+    return 0
