@@ -495,6 +495,11 @@ def world_bounds():
     return [f"{TABLES_DIR}/world_bounds.json"] if "world" in CFG else []
 
 
+def bounds_arg(wildcards, input):
+    """``--bounds FILE`` for the Average's world bounds, where the profile has a world."""
+    return f"--bounds {input.bounds}" if input.bounds else ""
+
+
 def figure_targets():
     names = [*FIGURES, "retention", "grad_variance"]
     return [f"{FIGURES_DIR}/{n}.{e}" for n in names for e in ("png", "pdf")]

@@ -7,6 +7,7 @@ rule make_tables:
     input:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
+        bounds=world_bounds(),
     output:
         table_outputs(),
     log:
@@ -16,9 +17,10 @@ rule make_tables:
     params:
         key=config_key("benchmarks", "tasks", "methods", "table1", "ablations"),
         out=output_dir,
+        bounds=bounds_arg,
     shell:
-        "opd tables --config {input.cfg} --metrics {input.metrics} --out-dir {params.out}"
-        " > {log} 2>&1"
+        "opd tables --config {input.cfg} --metrics {input.metrics} {params.bounds}"
+        " --out-dir {params.out} > {log} 2>&1"
 
 
 rule make_figures:
@@ -26,6 +28,7 @@ rule make_figures:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
         samples=grid_sample_files(),
+        bounds=world_bounds(),
     output:
         figure_outputs(),
     log:
@@ -35,7 +38,8 @@ rule make_figures:
     params:
         key=config_key("benchmarks", "tasks", "methods", "table1", "ablations"),
         out=output_dir,
+        bounds=bounds_arg,
         samples=grid_sample_args(),
     shell:
-        "opd figures --config {input.cfg} --metrics {input.metrics} {params.samples}"
+        "opd figures --config {input.cfg} --metrics {input.metrics} {params.samples} {params.bounds}"
         " --out-dir {params.out} > {log} 2>&1"

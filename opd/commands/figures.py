@@ -30,15 +30,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--only", nargs="+", choices=FIGURES, default=None, help="a subset")
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument(
+        "--bounds",
+        type=Path,
+        default=None,
+        help="world_bounds.json of the world validation: the Average's floor and ceiling",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from opd.reporting.collect import read_metrics
     from opd.reporting.figures import load_samples, write_figures
-    from opd.reporting.tables import run_info
+    from opd.reporting.tables import run_info, with_world_bounds
 
-    cfg = load(args)
+    cfg = with_world_bounds(load(args), args.bounds)
     samples = {label: load_samples(path) for label, path in args.samples if path.exists()}
     missing = [str(path) for _, path in args.samples if not path.exists()]
     if missing:

@@ -13,14 +13,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--metrics", type=Path, required=True, help="metrics.csv of `opd collect`")
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument(
+        "--bounds",
+        type=Path,
+        default=None,
+        help="world_bounds.json of the world validation: the Average's floor and ceiling",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from opd.reporting.collect import read_metrics
-    from opd.reporting.tables import make_tables, run_info, write_tables
+    from opd.reporting.tables import make_tables, run_info, with_world_bounds, write_tables
 
-    cfg = load(args)
+    cfg = with_world_bounds(load(args), args.bounds)
     tables = make_tables(read_metrics(args.metrics), cfg, run_info(cfg))
     for path in write_tables(tables, cfg, args.out_dir):
         print(f"[opd] wrote {path}")

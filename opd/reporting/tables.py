@@ -13,6 +13,7 @@ distil from teachers, and the run's own otherwise.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -146,10 +147,33 @@ def row_means(final: pd.DataFrame, runs: Iterable[str], columns: Sequence[str]) 
 # The Average and its bounds.
 
 
+WORLD_SOURCE = "world: random-weight model -> clean renders"
+
+
+def with_world_bounds(cfg: Mapping[str, Any], path: Path | None) -> dict[str, Any]:
+    """``cfg`` with each benchmark column's floor and ceiling from the world validation's
+    ``world_bounds.json`` as ``world_bounds`` (a copy; ``cfg`` unchanged; no file: as is)."""
+    out = dict(cfg)
+    if path is None or not Path(path).exists():
+        return out
+    world = json.loads(Path(path).read_text())
+    out["benchmarks"] = {
+        col: (
+            {**bench, "world_bounds": [world[col]["floor"], world[col]["ceiling"]]}
+            if col in world
+            else dict(bench)
+        )
+        for col, bench in cfg["benchmarks"].items()
+    }
+    return out
+
+
 def average_bounds(
     final: pd.DataFrame, cfg: Mapping[str, Any], rows: Sequence[str]
 ) -> dict[str, Bound]:
-    """Bounds per metric: the config's, else floor = base w/o CFG and ceiling = the best row."""
+    """Bounds per metric: the config's; else the world's (``world_bounds``: a random-weight model
+    and clean renders, see :func:`with_world_bounds`), which no method's result can move; else
+    floor = base w/o CFG and ceiling = the best row (the paper profile)."""
     columns = benchmark_columns(cfg)
     means = row_means(final, rows, columns)
     bounds = {}
@@ -157,6 +181,10 @@ def average_bounds(
         given = cfg["benchmarks"][col].get("bounds")
         if given is not None:
             bounds[col] = Bound(float(given[0]), float(given[1]), "config")
+            continue
+        world = cfg["benchmarks"][col].get("world_bounds")
+        if world is not None:
+            bounds[col] = Bound(float(world[0]), float(world[1]), WORLD_SOURCE)
             continue
         col_means = means[col].dropna() if col in means else pd.Series(dtype=float)
         if col_means.empty:

@@ -13,11 +13,13 @@ import pytest
 from opd.reporting import FIGURES, METRIC_COLUMNS
 from opd.reporting.collect import collect, read_metrics, write_metrics
 from opd.reporting.tables import (
+    WORLD_SOURCE,
     RunInfo,
     bounds_lines,
     fairness_lines,
     make_tables,
     notes,
+    with_world_bounds,
     write_tables,
 )
 
@@ -181,6 +183,21 @@ def test_fairness_compares_runs_without_teachers_to_teachers_plus_opd(tables):
     low = fairness_lines(make_tables(starved, CFG, INFO)["table1"])
     assert "0.89x" in low[1] and "BELOW" in low[1]
     assert fairness_lines(tables["ablations"]) == []  # only teacher-distilling rows there
+
+
+def test_world_bounds_replace_the_data_driven_ones_but_not_the_configs(tmp_path):
+    path = tmp_path / "world_bounds.json"
+    path.write_text('{"m1": {"floor": -1, "ceiling": 3}, "m2": {"floor": 1.0, "ceiling": 6.0}}')
+    cfg = with_world_bounds(CFG, path)
+    assert "world_bounds" not in CFG["benchmarks"]["m2"]  # the given config is left alone
+    table = make_tables(synthetic_metrics(), cfg, INFO)["table1"]
+    m1, m2 = table.bounds["m1"], table.bounds["m2"]
+    assert (m1.lo, m1.hi, m1.source) == (0.0, 1.0, "config")  # config bounds win
+    assert (m2.lo, m2.hi, m2.source) == (1.0, 6.0, WORLD_SOURCE)
+    opd = _row(table, "opd")  # seeds' m2 values 4.0 and 4.5 -> (3/5 + 3.5/5) / 2 with m1
+    m1_norm = np.mean([np.mean([0.6, 0.8]), np.mean([0.5, 0.7])])
+    assert opd["average_mean"] == pytest.approx((m1_norm + (4.25 - 1.0) / 5.0) / 2)
+    assert with_world_bounds(CFG, tmp_path / "missing.json") == CFG
 
 
 def test_ablation_table_has_reference_and_uses_table1_bounds(tables):
