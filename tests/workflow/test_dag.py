@@ -226,7 +226,10 @@ elif cmd == "evaluate":
 elif cmd in ("collect", "variance"):
     touch(out)
 elif cmd == "validate-world":
-    touch(out_dir / "world_validation.csv", out_dir / "world_validation.md")
+    names = ("world_validation.csv", "world_validation.md", "world_bounds.json")
+    touch(*[out_dir / n for n in names])
+elif cmd == "properties":
+    touch(out_dir / "properties.csv", out_dir / "properties.md")
 elif cmd == "tables":
     touch(*[out_dir / f"table1.{{e}}" for e in ("md", "tex", "csv", "rst")])
     touch(*[out_dir / f"ablations.{{e}}" for e in ("md", "csv", "rst")])
