@@ -341,7 +341,10 @@ def retention_figure(
     curves = retention_curves(df, cfg)
     runs = curves[curves["role"].isin(list(roles))]
     run_names = list(dict.fromkeys(runs.sort_values(["role", "run"])["run"]))
-    palette = "tab10" if len(run_names) <= 10 else "husl"
+    # tab20 up to 20 runs: husl's evenly spaced hues made neighbours (cascade_nft and
+    # multitask_grpo_guard in the mini run) near-identical
+    n = len(run_names)
+    palette = "tab10" if n <= 10 else "tab20" if n <= 20 else "husl"
     colors = dict(
         zip(run_names, sns.color_palette(palette, n_colors=max(len(run_names), 3)), strict=False)
     )
