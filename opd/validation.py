@@ -44,8 +44,8 @@ def scorer_checks(profile: dict[str, Any], n: int = 300, seed: int = 123) -> lis
         shuffled = float(
             np.mean(scorer(images, [prompts[i] for i in perm], [meta[i] for i in perm]))
         )
-        rows.append(_row(1, f"{name} on clean renders", clean, ">=", 0.99))
-        rows.append(_row(1, f"{name} on shuffled prompts", shuffled, "<=", 0.3))
+        rows.append(check_row(1, f"{name} on clean renders", clean, ">=", 0.99))
+        rows.append(check_row(1, f"{name} on shuffled prompts", shuffled, "<=", 0.3))
     return rows
 
 
@@ -63,12 +63,14 @@ def learned_checks(scorer_dir: Path) -> list[dict[str, Any]]:
             ("top1_retrieval", "held-out top-1 of 16"),
         ):
             if key in info:
-                rows.append(_row(1, f"{name} {label}", float(info[key]), ">=", 0.9))
+                rows.append(check_row(1, f"{name} {label}", float(info[key]), ">=", 0.9))
     return rows
 
 
-def _row(prop: int, check: str, value: float, op: str, threshold: float) -> dict[str, Any]:
-    ok = value >= threshold if op == ">=" else value <= threshold
+def check_row(prop: int | str, check: str, value: float, op: str, threshold: float) -> dict:
+    """One row of a property table: the measured value, ``op`` (``>=``, ``<=``, ``>``) and
+    threshold, and the verdict (a NaN value fails)."""
+    ok = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold}[op]
     return {
         "property": prop,
         "check": check,
@@ -93,7 +95,7 @@ def base_checks(
         lo, hi = float(floor[column]), float(ceiling[column])
         frac = (base - lo) / (hi - lo) if hi != lo else float("nan")
         rows.append(
-            _row(
+            check_row(
                 2,
                 f"{column}: base+CFG position floor->ceiling "
                 f"({lo:.3g} -> {hi:.3g}, base {base:.3g})",
@@ -102,7 +104,7 @@ def base_checks(
                 0.15,
             )
         )
-        rows.append(_row(2, f"{column}: base+CFG position floor->ceiling", frac, "<=", 0.85))
+        rows.append(check_row(2, f"{column}: base+CFG position floor->ceiling", frac, "<=", 0.85))
     for column in ("compose", "text"):
         if column not in profile["benchmarks"]:
             continue
@@ -112,7 +114,7 @@ def base_checks(
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         z = float(diff.mean() / se) if se and np.isfinite(se) and se > 0 else float("inf")
         rows.append(
-            _row(
+            check_row(
                 2,
                 f"{column}: CFG gain {float(nocfg.mean()):.3g} -> "
                 f"{float(cfg.mean()):.3g} in standard errors",

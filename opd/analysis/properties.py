@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opd.validation import check_row as _row
+
 BASE_RUN = "base_cfg"
 BASE_NOCFG = "base_nocfg"
 TEACHER_PREFIX = "teacher_"
@@ -71,17 +73,6 @@ def ceilings(cfg: Mapping[str, Any], bounds_file: Path | None) -> dict[str, floa
         for col, b in json.loads(Path(bounds_file).read_text()).items():
             out[col] = float(b["ceiling"])
     return out
-
-
-def _row(prop: str, check: str, value: float, op: str, threshold: float) -> dict[str, Any]:
-    ok = math.isfinite(value) and (value >= threshold if op == ">=" else value > threshold)
-    return {
-        "property": prop,
-        "check": check,
-        "value": round(value, 4) if math.isfinite(value) else value,
-        "threshold": f"{op} {threshold:g}",
-        "passed": bool(ok),
-    }
 
 
 def property_checks(
