@@ -37,7 +37,7 @@ def base_run_for(cfg: Mapping[str, Any], run: str) -> str:
 
     try:
         guidance = eval_guidance_of(dict(cfg), run)
-    except Exception:  # a run the registry cannot resolve (e.g. a unit table): the CFG base
+    except KeyError:  # a run the config does not define (e.g. a unit table): the CFG base
         return BASE_RUN
     return BASE_NOCFG if guidance == 1.0 else BASE_RUN
 
@@ -75,42 +75,58 @@ def ceilings(cfg: Mapping[str, Any], bounds_file: Path | None) -> dict[str, floa
     return out
 
 
-def property_checks(
-    metrics: pd.DataFrame, cfg: Mapping[str, Any], ceiling: Mapping[str, float], method: str = "opd"
-) -> pd.DataFrame:
-    """One row per check (property 3 per task, property 4 overall, recovery per task)."""
-    rows: list[dict[str, Any]] = []
-    tasks = [t for t in cfg["tasks"] if f"{TEACHER_PREFIX}{t}" in set(metrics["run"])]
+class _Finals:
+    """Cached final evaluations of one metrics table: per-eval-seed tables and their means, and
+    each run's base (each pivot and registry lookup is done once)."""
 
-    def mean_final(run: str, col: str) -> float:
-        vals = final_by_eval_seed(metrics, run, col)
+    def __init__(self, metrics: pd.DataFrame, cfg: Mapping[str, Any]) -> None:
+        self.metrics, self.cfg = metrics, cfg
+        self._tables: dict[tuple[str, str], pd.DataFrame] = {}
+        self._bases: dict[str, str] = {}
+
+    def table(self, run: str, col: str) -> pd.DataFrame:
+        key = (run, col)
+        if key not in self._tables:
+            self._tables[key] = final_by_eval_seed(self.metrics, run, col)
+        return self._tables[key]
+
+    def mean(self, run: str, col: str) -> float:
+        vals = self.table(run, col)
         return float(vals.mean(axis=1).mean()) if not vals.empty else math.nan
 
-    for task in tasks:
-        teacher = f"{TEACHER_PREFIX}{task}"
-        parts, fracs = [], []
-        for col in own_columns(cfg, task):
-            base = base_run_for(cfg, teacher)
-            b, t, c = mean_final(base, col), mean_final(teacher, col), ceiling.get(col)
-            if c is None or not c > b:
-                parts.append(f"{col} {b:.3g} -> {t:.3g} (no headroom above the base)")
-                continue
-            fracs.append((t - b) / (c - b))
-            parts.append(f"{col} {b:.3g} ({base}) -> {t:.3g} of ceiling {c:.3g}")
-        value = float(np.mean(fracs)) if fracs else math.nan
-        check = f"{task} teacher gains half its headroom: " + "; ".join(parts)
-        rows.append(_row("3", check, value, ">=", 0.5))
+    def base(self, run: str) -> str:
+        if run not in self._bases:
+            self._bases[run] = base_run_for(self.cfg, run)
+        return self._bases[run]
 
+
+def _headroom_row(f: _Finals, task: str, ceiling: Mapping[str, float]) -> dict[str, Any]:
+    """Property 3 for one task's teacher."""
+    teacher = f"{TEACHER_PREFIX}{task}"
+    base = f.base(teacher)
+    parts, fracs = [], []
+    for col in own_columns(f.cfg, task):
+        b, t, c = f.mean(base, col), f.mean(teacher, col), ceiling.get(col)
+        if c is None or not c > b:
+            parts.append(f"{col} {b:.3g} -> {t:.3g} (no headroom above the base)")
+            continue
+        fracs.append((t - b) / (c - b))
+        parts.append(f"{col} {b:.3g} ({base}) -> {t:.3g} of ceiling {c:.3g}")
+    value = float(np.mean(fracs)) if fracs else math.nan
+    return _row(
+        "3", f"{task} teacher gains half its headroom: " + "; ".join(parts), value, ">=", 0.5
+    )
+
+
+def _conflict_row(f: _Finals, tasks: list[str]) -> dict[str, Any] | None:
+    """Property 4: the largest paired drop a teacher causes on another task's column."""
     conflicts = []
     for task in tasks:
         teacher = f"{TEACHER_PREFIX}{task}"
-        base = base_run_for(cfg, teacher)
-        for col, bench in cfg["benchmarks"].items():
-            if bench.get("task") == task:
-                continue
-            t = final_by_eval_seed(metrics, teacher, col)
-            b = final_by_eval_seed(metrics, base, col)
-            if t.empty or b.empty:
+        base = f.base(teacher)
+        for col, bench in f.cfg["benchmarks"].items():
+            t, b = f.table(teacher, col), f.table(base, col)
+            if bench.get("task") == task or t.empty or b.empty:
                 continue
             d = (t.iloc[0] - b.iloc[0]).dropna()  # paired over evaluation seeds
             if len(d) < 2:
@@ -118,32 +134,49 @@ def property_checks(
             se = float(d.std(ddof=1)) / math.sqrt(len(d))
             z = -float(d.mean()) / se if se > 0 else (math.inf if d.mean() < 0 else 0.0)
             conflicts.append((z, task, col, base, float(b.iloc[0].mean()), float(t.iloc[0].mean())))
-    if conflicts:
-        z, task, col, base, b, t = max(conflicts)
-        n = sum(1 for c in conflicts if c[0] > 2)
-        check = (
-            f"largest drop of another task's column by a teacher, in paired standard errors: "
-            f"{task} teacher on {col} {b:.3g} ({base}) -> {t:.3g}; {n} of {len(conflicts)} "
-            "(teacher, column) pairs drop by more than 2"
-        )
-        rows.append(_row("4", check, z, ">", 2.0))
+    if not conflicts:
+        return None
+    z, task, col, base, b, t = max(conflicts)
+    n = sum(1 for c in conflicts if c[0] > 2)
+    check = (
+        f"largest drop of another task's column by a teacher, in paired standard errors: "
+        f"{task} teacher on {col} {b:.3g} ({base}) -> {t:.3g}; {n} of {len(conflicts)} "
+        "(teacher, column) pairs drop by more than 2"
+    )
+    return _row("4", check, z, ">", 2.0)
 
-    if method in set(metrics["run"]):
-        for task in tasks:
-            teacher = f"{TEACHER_PREFIX}{task}"
-            ratios, parts = [], []
-            for col in own_columns(cfg, task):
-                tb, t = mean_final(base_run_for(cfg, teacher), col), mean_final(teacher, col)
-                ob, o = mean_final(base_run_for(cfg, method), col), mean_final(method, col)
-                if not t > tb:
-                    parts.append(f"{col}: the teacher did not gain ({tb:.3g} -> {t:.3g})")
-                    ratios.append(math.nan)
-                    continue
-                ratios.append((o - ob) / (t - tb))
-                parts.append(f"{col} teacher {tb:.3g} -> {t:.3g}, {method} {ob:.3g} -> {o:.3g}")
-            value = float(np.mean(ratios)) if ratios else math.nan
-            check = f"{method} recovers 90% of the {task} teacher's gain: " + "; ".join(parts)
-            rows.append(_row("recovery", check, value, ">=", 0.9))
+
+def _recovery_row(f: _Finals, task: str, method: str) -> dict[str, Any]:
+    """The student's gain over its base as a fraction of the task teacher's over its base."""
+    teacher = f"{TEACHER_PREFIX}{task}"
+    ratios, parts = [], []
+    for col in own_columns(f.cfg, task):
+        tb, t = f.mean(f.base(teacher), col), f.mean(teacher, col)
+        ob, o = f.mean(f.base(method), col), f.mean(method, col)
+        if not t > tb:
+            parts.append(f"{col}: the teacher did not gain ({tb:.3g} -> {t:.3g})")
+            ratios.append(math.nan)
+            continue
+        ratios.append((o - ob) / (t - tb))
+        parts.append(f"{col} teacher {tb:.3g} -> {t:.3g}, {method} {ob:.3g} -> {o:.3g}")
+    value = float(np.mean(ratios)) if ratios else math.nan
+    check = f"{method} recovers 90% of the {task} teacher's gain: " + "; ".join(parts)
+    return _row("recovery", check, value, ">=", 0.9)
+
+
+def property_checks(
+    metrics: pd.DataFrame, cfg: Mapping[str, Any], ceiling: Mapping[str, float], method: str = "opd"
+) -> pd.DataFrame:
+    """One row per check (property 3 per task, property 4 overall, recovery per task)."""
+    f = _Finals(metrics, cfg)
+    runs = set(metrics["run"])
+    tasks = [t for t in cfg["tasks"] if f"{TEACHER_PREFIX}{t}" in runs]
+    rows = [_headroom_row(f, task, ceiling) for task in tasks]
+    conflict = _conflict_row(f, tasks)
+    if conflict is not None:
+        rows.append(conflict)
+    if method in runs:
+        rows += [_recovery_row(f, task, method) for task in tasks]
     return pd.DataFrame(rows, columns=["property", "check", "value", "threshold", "passed"])
 
 
