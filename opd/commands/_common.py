@@ -37,3 +37,19 @@ def setup_threads(cfg: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(int(cfg.get("threads", 1)))
+
+
+def add_metrics_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """``--metrics`` (the tidy metrics.csv) and ``--out-dir`` of the commands that read it."""
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv of `opd collect`")
+    p.add_argument("--out-dir", type=Path, required=True, help=out_help)
+
+
+def add_bounds_arg(p: argparse.ArgumentParser) -> None:
+    """``--bounds``: the world validation's floors and ceilings for the Average."""
+    p.add_argument(
+        "--bounds",
+        type=Path,
+        default=None,
+        help="world_bounds.json of the world validation: the Average's floor and ceiling",
+    )

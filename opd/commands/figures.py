@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from opd.commands._common import add_config_args, load
+from opd.commands._common import add_bounds_arg, add_config_args, load
 from opd.reporting import FIGURES
 
 
@@ -30,12 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--only", nargs="+", choices=FIGURES, default=None, help="a subset")
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument(
-        "--bounds",
-        type=Path,
-        default=None,
-        help="world_bounds.json of the world validation: the Average's floor and ceiling",
-    )
+    add_bounds_arg(p)
     return p
 
 

@@ -8,22 +8,20 @@ the ceilings in ``world_bounds.json`` of the same folder when the world validati
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from opd.commands._common import add_config_args, load
+from opd.commands._common import add_config_args, add_metrics_args, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("properties", help="check teacher gains, conflicts and OPD's recovery")
     add_config_args(p)
-    p.add_argument("--metrics", type=Path, required=True, help="the tidy metrics.csv")
-    p.add_argument("--out-dir", type=Path, required=True, help="the tables folder")
+    add_metrics_args(p, "the tables folder")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from opd.analysis.properties import write_property_checks
-    from opd.commands.retention import read_metrics
+    from opd.reporting.collect import read_metrics
 
     cfg = load(args)
     table = write_property_checks(

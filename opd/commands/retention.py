@@ -11,25 +11,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from opd.commands._common import add_config_args, load
+from opd.commands._common import add_config_args, add_metrics_args, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("retention", help="per-task retention table and figure")
     add_config_args(p)
-    p.add_argument("--metrics", type=Path, required=True, help="the tidy metrics.csv")
-    p.add_argument("--out-dir", type=Path, required=True, help="results root (tables/, figures/)")
+    add_metrics_args(p, "results root (tables/, figures/)")
     return p
 
 
 def read_metrics(path: Path):
-    """``metrics.csv`` with empty stage labels kept as ``""`` (not NaN)."""
-    import pandas as pd
+    """:func:`opd.reporting.collect.read_metrics`, imported on use (the CLI loads no pandas)."""
+    from opd.reporting.collect import read_metrics as read
 
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"stage": str})
-    if "stage" in df.columns:
-        df["stage"] = df["stage"].fillna("")
-    return df
+    return read(path)
 
 
 def write_retention(df, cfg, out_dir: Path) -> list[Path]:

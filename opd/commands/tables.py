@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from opd.commands._common import add_config_args, load
+from opd.commands._common import add_bounds_arg, add_config_args, add_metrics_args, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="write Table 1 and the ablation table from metrics.csv")
     add_config_args(p)
-    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv of `opd collect`")
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument(
-        "--bounds",
-        type=Path,
-        default=None,
-        help="world_bounds.json of the world validation: the Average's floor and ceiling",
-    )
+    add_metrics_args(p, "the tables folder")
+    add_bounds_arg(p)
     return p
 
 

@@ -124,8 +124,10 @@ def write_metrics(df: pd.DataFrame, path: Path) -> Path:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """Read ``metrics.csv`` back with its column types."""
+    """Read ``metrics.csv`` back with its column types (empty stage labels stay ``""``)."""
     df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"stage": str})
-    df["stage"] = df["stage"].fillna("")
-    df["eval_seed"] = pd.to_numeric(df["eval_seed"]).astype("Int64")
+    if "stage" in df.columns:
+        df["stage"] = df["stage"].fillna("")
+    if "eval_seed" in df.columns:
+        df["eval_seed"] = pd.to_numeric(df["eval_seed"]).astype("Int64")
     return df
