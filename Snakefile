@@ -97,3 +97,15 @@ include: "rules/evaluate.smk"
 include: "rules/analysis.smk"
 include: "rules/report.smk"
 include: "rules/containers.smk"
+
+
+onstart:
+    warm_start_begin()
+
+
+onsuccess:
+    warm_start_end()
+
+
+onerror:
+    warm_start_end()

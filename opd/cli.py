@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and os.environ.get("OPD_WARM_SOCKET"):
+        # a workflow job with a warm server (opd.warmstart): run there, else start cold
+        from opd.warmstart import run_client
+
+        rc = run_client(sys.argv[1:])
+        if rc is not None:
+            return rc
     parser = build_parser()
     args = parser.parse_args(argv)
     from opd.config import ConfigError

@@ -39,12 +39,10 @@ def yaml_leaves(value):
 
 
 def cli_overrides():
-    """The ``--config`` entries with their nested values typed (top-level ones already are)."""
+    """The ``--config`` entries with their values typed (Snakemake types numbers but leaves
+    ``warm_start=false`` a string)."""
     entries = dict(workflow.config_settings.config or {})
-    return {
-        key: yaml_leaves(v) if isinstance(v, dict | list) else v
-        for key, v in entries.items()
-    }
+    return {key: yaml_leaves(v) for key, v in entries.items()}
 
 
 def load_workflow_config(raw):
@@ -554,3 +552,30 @@ def dockerfile(wildcards):
 def docker_context(wildcards, input):
     """The build context: the repository root (the images copy the package from it)."""
     return str(Path(input.dockerfile).parents[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm start (opd.warmstart): on a local run without conda or containers, the jobs' `opd`
+# processes fork from one server that imported torch, transformers, peft and diffusers once,
+# instead of spending about 8 s each importing them.
+
+WARM = {}
+
+
+def warm_start_begin():
+    """Start the warm server when the config asks for it and every job runs here, as itself."""
+    if not CFG.get("warm_start") or workflow.remote_exec:
+        return
+    if workflow.deployment_settings.deployment_method:
+        return
+    from opd.warmstart import start_server
+
+    WARM["server"] = start_server(
+        Path(f"{LOGS}/warmstart.log"), ledger=Path(f"{BENCH}/warm_jobs.jsonl")
+    )
+
+
+def warm_start_end():
+    server = WARM.pop("server", None)
+    if server is not None:
+        server.stop()

@@ -408,8 +408,10 @@ def train_run(
 
 
 def _hashable(profile: dict[str, Any]) -> dict[str, Any]:
-    """The parts of the profile that change what a run computes (paths and threads excluded)."""
-    return {k: v for k, v in profile.items() if k not in {"paths", "threads", "progress"}}
+    """The parts of the profile that change what a run computes (where it runs and how it
+    reports excluded: paths, threads, progress bars, warm start)."""
+    excluded = {"paths", "threads", "progress", "warm_start"}
+    return {k: v for k, v in profile.items() if k not in excluded}
 
 
 def _write_run_info(

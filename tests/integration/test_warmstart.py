@@ -1,0 +1,154 @@
+"""Warm start (opd.warmstart): a job forked from the server behaves as the cold ``opd`` process.
+
+One server for the module (it imports torch & co. once, about 8 s). Each test runs the real
+``opd`` console script as a subprocess, as a workflow job does, and tells a warm run from a cold
+one by the server's usage ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from opd.warmstart import SOCKET_ENV, start_server
+
+OPD = shutil.which("opd") or str(Path(sys.executable).with_name("opd"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("warm")
+    ledger = tmp / "ledger.jsonl"
+    old = os.environ.get(SOCKET_ENV)
+    srv = start_server(tmp / "server.log", ledger=ledger)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(srv.path):
+            assert srv.proc.poll() is None, (tmp / "server.log").read_text()
+            assert time.monotonic() < deadline, "warm server did not come up"
+            time.sleep(0.2)
+        yield srv, ledger, tmp / "server.log"
+    finally:
+        srv.stop()
+        if old is not None:
+            os.environ[SOCKET_ENV] = old
+    assert srv.proc.returncode == 0
+    assert not os.path.exists(srv.path)
+
+
+def run_opd(args, cwd, env, timeout=120):
+    proc = subprocess.run(
+        [OPD, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def ledger_entries(ledger: Path) -> list[dict]:
+    if not ledger.exists():
+        return []
+    return [json.loads(line) for line in ledger.read_text().splitlines()]
+
+
+def cold_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
+
+
+@pytest.mark.slow
+def test_warm_job_prints_and_exits_as_the_cold_one(server, tmp_path):
+    srv, ledger, _ = server
+    warm_env = {**cold_env(), SOCKET_ENV: srv.path}
+    for args in (["ls"], ["no-such-command"], ["train", "--run", "x"]):
+        before = len(ledger_entries(ledger))
+        warm = run_opd(args, tmp_path, warm_env)
+        cold = run_opd(args, tmp_path, cold_env())
+        assert warm == cold, args
+        entries = ledger_entries(ledger)
+        assert len(entries) == before + 1 and entries[-1]["argv"] == args  # it ran warm
+        assert entries[-1]["rc"] == warm[0]
+    assert run_opd(["no-such-command"], tmp_path, warm_env)[0] == 2
+
+
+@pytest.mark.slow
+def test_warm_job_computes_the_same_bytes_in_its_own_directory_and_logs_usage(server, tmp_path):
+    """The smoke world (seeded numpy and torch work) written through the server and cold."""
+    srv, ledger, _ = server
+    for name, env in (("warm", {**cold_env(), SOCKET_ENV: srv.path}), ("cold", cold_env())):
+        (tmp_path / name).mkdir()
+        log = tmp_path / name / "job.log"
+        with log.open("w") as fh:  # a job's log, as Snakemake's shell redirection gives it
+            proc = subprocess.run(
+                [OPD, "world", "--profile", "smoke", "--out", "out"],
+                cwd=tmp_path / name,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+            )
+        assert proc.returncode == 0, log.read_text()
+    warm_files = sorted(p.relative_to(tmp_path / "warm") for p in (tmp_path / "warm").rglob("*"))
+    cold_files = sorted(p.relative_to(tmp_path / "cold") for p in (tmp_path / "cold").rglob("*"))
+    assert warm_files == cold_files and len(warm_files) > 2
+    for rel in warm_files:
+        a, b = tmp_path / "warm" / rel, tmp_path / "cold" / rel
+        if a.is_file() and rel.name != "job.log":
+            assert a.read_bytes() == b.read_bytes(), rel
+    entry = ledger_entries(ledger)[-1]
+    assert entry["log"] == str(tmp_path / "warm" / "job.log") and entry["rc"] == 0
+    assert entry["cpu_s"] > 0 and entry["max_rss_mb"] > 0 and entry["wall_s"] > 0
+
+
+def _worker_of(srv, timeout=60.0) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = psutil.Process(srv.proc.pid).children()
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise AssertionError("no worker was forked")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signalled_or_killed_client_takes_its_worker_with_it(server, tmp_path, sig):
+    srv, _, _ = server
+    env = {**cold_env(), SOCKET_ENV: srv.path}
+    client = subprocess.Popen(
+        [OPD, "pretrain", "--profile", "mini", "--out", "out"],  # minutes of work
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = _worker_of(srv)
+    assert worker.is_running()
+    client.send_signal(sig)
+    rc = client.wait(timeout=30)
+    assert rc == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL)
+    gone, alive = psutil.wait_procs([worker], timeout=30)
+    assert gone and not alive, "the worker outlived its client"
+
+
+@pytest.mark.slow
+def test_import_time_environment_that_differs_starts_cold(server, tmp_path):
+    srv, ledger, log = server
+    before = len(ledger_entries(ledger))
+    env = {**cold_env(), SOCKET_ENV: srv.path, "HF_HUB_OFFLINE": "maybe-not-the-servers"}
+    rc, out, _ = run_opd(["ls"], tmp_path, env)
+    assert rc == 0 and "compose" in out
+    assert len(ledger_entries(ledger)) == before  # not served
+    assert "import-time environment differs: ['HF_HUB_OFFLINE']" in log.read_text()
+
+
+def test_no_server_means_cold(tmp_path):
+    env = {**cold_env(), SOCKET_ENV: str(tmp_path / "absent.sock")}
+    rc, out, _ = run_opd(["ls"], tmp_path, env)
+    assert rc == 0 and "opd" in out
