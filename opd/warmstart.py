@@ -60,6 +60,8 @@ PRELOAD = (
     "seaborn",
     "opd.cli",
 )
+PID_FILE = "server.pid"  # next to the socket while the server runs
+STARTUP_WAIT_S = 60.0
 _HEADER = struct.Struct("!I")
 _MAX_FDS = 3
 
@@ -107,10 +109,36 @@ def _interpreter() -> dict[str, str]:
 # Client: the ``opd`` process a workflow job starts.
 
 
+def _alive(pid: int) -> bool:
+    """A running process (a zombie, a server dead but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_for_server(path: str, timeout: float = STARTUP_WAIT_S) -> bool:
+    """Whether the socket is there, after waiting while the server is still importing (its pid
+    file exists, the socket not yet): on a busy machine the core is better spent on the
+    server's imports than on this job importing the same libraries cold."""
+    pid_file = os.path.join(os.path.dirname(path), PID_FILE)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        try:
+            pid = int(Path(pid_file).read_text())
+        except (OSError, ValueError):
+            return False
+        if not _alive(pid) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def run_client(argv: Sequence[str]) -> int | None:
     """Run ``opd argv`` in a forked worker of the warm server; ``None``: start cold instead."""
     path = os.environ.get(SOCKET_ENV)
-    if not path or os.environ.get(WORKER_ENV):
+    if not path or os.environ.get(WORKER_ENV) or not _wait_for_server(path):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -406,6 +434,7 @@ def start_server(log: Path, ledger: Path | None = None) -> WarmServer:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:  # in the caller's process group, as its jobs are
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+    Path(socket_dir, PID_FILE).write_text(str(proc.pid))
     os.environ[SOCKET_ENV] = path
     return WarmServer(proc, socket_dir)
 

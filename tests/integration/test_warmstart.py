@@ -152,3 +152,38 @@ def test_no_server_means_cold(tmp_path):
     env = {**cold_env(), SOCKET_ENV: str(tmp_path / "absent.sock")}
     rc, out, _ = run_opd(["ls"], tmp_path, env)
     assert rc == 0 and "opd" in out
+
+
+@pytest.mark.slow
+def test_a_job_started_while_the_server_imports_waits_for_it(tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    old = os.environ.get(SOCKET_ENV)
+    srv = start_server(tmp_path / "server.log", ledger=ledger)
+    try:
+        env = {**cold_env(), SOCKET_ENV: srv.path}
+        assert not os.path.exists(srv.path)  # still importing
+        rc, out, _ = run_opd(["ls"], tmp_path, env)
+        assert rc == 0 and "compose" in out
+        assert [e["argv"] for e in ledger_entries(ledger)] == [["ls"]]
+    finally:
+        srv.stop()
+        if old is not None:
+            os.environ[SOCKET_ENV] = old
+    rc, out, _ = run_opd(["ls"], tmp_path, env)  # server gone: cold, at once
+    assert rc == 0 and "compose" in out and len(ledger_entries(ledger)) == 1
+
+
+def test_a_dead_unreaped_server_is_not_waited_for(tmp_path):
+    from opd.warmstart import PID_FILE, _alive, _wait_for_server
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not _alive(child.pid) and _alive(os.getpid())
+    (tmp_path / PID_FILE).write_text(str(child.pid))
+    started = time.monotonic()
+    assert not _wait_for_server(str(tmp_path / "sock"), timeout=30)
+    assert time.monotonic() - started < 5
+    child.wait()
