@@ -30,7 +30,7 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def scorer_checks(profile: dict[str, Any], n: int = 2000, seed: int = 123) -> list[dict[str, Any]]:
     """Property 1 for the rule-based scorers: clean renders and shuffled pairings (2,000 renders
-    per task: a standard error of about 0.002 at 0.99; 300 gave 0.0055, as wide as the margin)."""
+    per task: a standard error of about 0.003 at 0.98; 300 gave 0.008, wider than the margin)."""
     from opd.rewards import get_scorer
     from opd.worlds.mini import WorldConfig, sample_scenes
 

@@ -253,27 +253,24 @@ class _LDA:
 def _shape_model(
     cfg: WorldConfig, chroma_min: float, hue_tol: float, peak_fraction: float, blur: float
 ) -> _LDA:
-    """Fit the shape classifier on clean renders of the world at cfg.resolution (a fixed seed,
-    sizes over the whole range objects take, every style): half are 1 to 4 objects of one shape,
-    half two objects of it in a relation, whose layout shrinks objects until the relation fits
-    (at 16 px, below the plain scenes' sizes: trained on plain scenes alone, the detector named
-    the shapes of 11% of the position scenes wrong)."""
+    """Fit the shape classifier on single-object clean renders of the world at cfg.resolution
+    (a fixed seed, sizes over the whole range objects take, every style).
+
+    At 16 px the layout shrinks the objects of relation scenes below these sizes, and 11% of the
+    position scenes get a shape misnamed (clean renders 0.98). Training on relation scenes too
+    gave 0.992 on clean renders, but the classifier then took a random-weight model's small
+    blobs for shapes: floor 0 -> 0.09. Rejecting at the training distances' 99.9% quantile, not
+    3x it, brought the floor back to 0, but the base with CFG fell to 0.125, under property 2's
+    bar. The fix belongs in the world: relation objects no smaller than detectable."""
     rng = np.random.default_rng(12345)
     n_per = 600
-    n_colors = len(cfg.colors)
     specs = []
     for s in range(len(cfg.shapes)):
         for i in range(n_per):
-            if i % 2 == 0:  # two objects of this shape in different colours, in a relation
-                c1 = int(rng.integers(n_colors))
-                c2 = (c1 + 1 + int(rng.integers(n_colors - 1))) % n_colors
-                rel = RELATIONS[int(rng.integers(len(RELATIONS)))]
-                specs.append(SceneSpec(objects=((s, c1), (s, c2)), relation=(rel, 1, 0)))
-                continue
             # Vary the item count (hence the size range) from 1 to 4 objects of this shape.
-            k = 1 + (i // 2) % 4
+            k = 1 + i % 4
             specs.append(
-                SceneSpec(objects=tuple((s, int(rng.integers(n_colors))) for _ in range(k)))
+                SceneSpec(objects=tuple((s, int(rng.integers(len(cfg.colors)))) for _ in range(k)))
             )
     batch = layout_scenes(specs, rng, cfg)
     images = render(batch, cfg)
