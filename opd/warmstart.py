@@ -371,8 +371,12 @@ def serve(path: str, parent: int | None = None, ledger: str = "", idle_s: float 
             except (TimeoutError, InterruptedError):
                 continue
             last = time.monotonic()
+            conn.settimeout(10.0)  # a client that connects and stalls must not stall the rest
+            try:
+                request, fds = _recv(conn)
+            except (OSError, ValueError):  # timed out, or not our protocol
+                request, fds = None, []
             conn.settimeout(None)
-            request, fds = _recv(conn)
             refusal = "malformed request" if request is None else _refusal(request, server_env)
             if refusal is not None:
                 print(f"opd warm-start: cold start ({refusal})", file=sys.stderr, flush=True)

@@ -187,3 +187,23 @@ def test_a_dead_unreaped_server_is_not_waited_for(tmp_path):
     assert not _wait_for_server(str(tmp_path / "sock"), timeout=30)
     assert time.monotonic() - started < 5
     child.wait()
+
+
+@pytest.mark.slow
+def test_a_garbage_or_silent_connection_does_not_stop_the_server(server, tmp_path):
+    import socket
+
+    srv, ledger, log = server
+    garbage = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    garbage.connect(srv.path)
+    garbage.sendall(b"\x00\x00\x00\x05{oops")
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(srv.path)  # connects, sends nothing, hangs up later
+    garbage.close()
+    before = len(ledger_entries(ledger))
+    env = {**cold_env(), SOCKET_ENV: srv.path}
+    rc, out, _ = run_opd(["ls"], tmp_path, env)
+    silent.close()
+    assert rc == 0 and "compose" in out
+    assert srv.proc.poll() is None and "malformed request" in log.read_text()
+    assert len(ledger_entries(ledger)) == before + 1  # served warm after the bad ones
