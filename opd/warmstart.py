@@ -79,19 +79,21 @@ def _send(sock: socket.socket, payload: dict[str, Any], fds: Sequence[int] = ())
 def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and the descriptors sent with it; ``None`` when the peer has gone."""
     data, fds, _, _ = socket.recv_fds(sock, 65536, _MAX_FDS)
-    if not data:
+
+    def fill(n: int) -> bool:  # read on until ``data`` holds n bytes; False at end of stream
+        nonlocal data
+        while len(data) < n:
+            more = sock.recv(65536)
+            if not more:
+                return False
+            data += more
+        return True
+
+    if not data or not fill(_HEADER.size):
         return None, fds
-    while len(data) < _HEADER.size:
-        more = sock.recv(65536)
-        if not more:
-            return None, fds
-        data += more
     (size,) = _HEADER.unpack_from(data)
-    while len(data) < _HEADER.size + size:
-        more = sock.recv(65536)
-        if not more:
-            return None, fds
-        data += more
+    if not fill(_HEADER.size + size):
+        return None, fds
     return json.loads(data[_HEADER.size : _HEADER.size + size]), fds
 
 
