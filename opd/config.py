@@ -168,6 +168,11 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
             except KeyError as err:
                 raise ConfigError(f"tasks.{task}.teacher.method: {err}") from None
     _check_scorer_names(cfg)
+    split = (cfg.get("base") or {}).get("split")
+    if split and not split["at"] < cfg["base"].get("steps", 0):
+        raise ConfigError(
+            f"base.split.at: {split['at']} must be below base.steps ({cfg['base'].get('steps')})"
+        )
 
 
 def _check_scorer_names(cfg: Mapping[str, Any]) -> None:

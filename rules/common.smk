@@ -203,6 +203,8 @@ LOCAL_SCORERS = [n for n in external_scorers() if scorer_backend(n) == "local"]
 WORLD_JSON = f"{CFG['paths']['world']}/world.json"
 SCORERS_SUMMARY = f"{CFG['paths']['scorers']}/summary.json"
 BASE_DONE = f"{CFG['paths']['base']}/DONE"
+PRETRAIN_SPLIT = (CFG.get("base") or {}).get("split")  # {at, threads} or None
+PRETRAIN_STATE = f"{CFG['paths']['base']}/pretrain_state.pt"
 TEACHER_DONE = f"{RESULTS}/teachers/{{task}}/DONE"
 RUN_DONE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/DONE"
 EVAL_BASE = f"{RESULTS}/evals/base/seed0.csv"

@@ -2,7 +2,9 @@
 # validation of the world's properties (MINI.md). Scorer training and pretraining run side by side
 # on one thread each: measured on 2 cores, that takes 682 s (pretraining, the longer) against
 # 271 + 473 = 744 s when each takes both threads in turn (torch gains only 1.25-1.4x from a
-# second thread at these sizes). The paper profile has no world section: its
+# second thread for scorer training). With ``base.split``, pretraining stops after ``at`` steps
+# (about when scorer training ends) and a second job resumes it on both threads (1.6x faster per
+# step at batch 128), instead of leaving the second core idle. The paper profile has no world section: its
 # base model and scorers come from the model hub.
 
 
@@ -44,10 +46,35 @@ rule train_scorers:
         "opd scorers --config {input.cfg} --set threads={threads} --out {params.out} > {log} 2>&1"
 
 
+rule pretrain_base_head:
+    input:
+        cfg=ancient(CONFIG_FILE),
+        world=WORLD_JSON,
+    output:
+        temp(PRETRAIN_STATE),
+    log:
+        f"{LOGS}/world/pretrain_head.log",
+    benchmark:
+        f"{BENCH}/world/pretrain_head.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **GPU_RESOURCES,
+    params:
+        key=config_key("world", "model", "base"),
+        out=lambda wildcards: CFG["paths"]["base"],
+        at=(PRETRAIN_SPLIT or {}).get("at", 0),
+    shell:
+        "opd pretrain --config {input.cfg} --set threads={threads} --out {params.out}"
+        " --state {output} --stop-at {params.at} > {log} 2>&1"
+
+
 rule pretrain_base:
     input:
         cfg=ancient(CONFIG_FILE),
         world=WORLD_JSON,
+        state=[PRETRAIN_STATE] if PRETRAIN_SPLIT else [],
     output:
         BASE_DONE,
     log:
@@ -56,15 +83,18 @@ rule pretrain_base:
         f"{BENCH}/world/pretrain.tsv"
     conda:
         ENV
-    threads: 1
+    # the configured thread count, not Snakemake's (capped by --cores): the weights depend on it
+    threads: (PRETRAIN_SPLIT or {}).get("threads", 1)
     resources:
         **GPU_RESOURCES,
     params:
         key=config_key("world", "model", "base"),
         out=output_dir,
+        threads=(PRETRAIN_SPLIT or {}).get("threads", 1),
+        state=f"--state {PRETRAIN_STATE}" if PRETRAIN_SPLIT else "",
     shell:
-        "opd pretrain --config {input.cfg} --set threads={threads} --out {params.out}"
-        " > {log} 2>&1"
+        "opd pretrain --config {input.cfg} --set threads={params.threads} --out {params.out}"
+        " {params.state} > {log} 2>&1"
 
 
 rule validate_world:

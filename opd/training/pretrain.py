@@ -5,6 +5,12 @@ random weights with the rectified-flow loss ``||v - (eps - x0)||^2`` at logit-no
 SD3), with caption dropout so that classifier-free guidance works. The EMA weights are saved
 with ``save_pretrained`` in the mini layout, loadable by ``FlowModel.from_pretrained`` like
 SD3.5. The corpus captions are imperfect on purpose (MINI.md), so the base model is mediocre.
+
+Pretraining can stop after ``stop_at`` steps and save its whole state (weights, AdamW moments,
+learning-rate schedule, EMA, both random generators, losses); a later call with the same
+``state`` file resumes from it and gives the same weights as an unbroken run on the same thread
+count. The workflow uses this to run the first part beside scorer training on one thread each and
+the rest on both threads once scorer training has ended (``base.split``).
 """
 
 from __future__ import annotations
@@ -49,8 +55,34 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
             ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Build the corpus, train the base model, save it under ``out_dir``; returns a summary."""
+def _state_key(profile: dict[str, Any]) -> str:
+    """What a saved pretraining state must agree on with the config that resumes it."""
+    from opd.config import config_hash
+
+    base = {k: v for k, v in profile["base"].items() if k != "split"}
+    return config_hash({"base": base, "world": profile["world"], "model": profile["model"]})
+
+
+def _save_state(path: Path, step: int, seconds: float, **parts: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "seconds": seconds, **parts}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written state
+
+
+def pretrain_base(
+    profile: dict[str, Any],
+    out_dir: Path,
+    progress: bool = True,
+    *,
+    state: Path | None = None,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Build the corpus, train the base model, save it under ``out_dir``; returns a summary.
+
+    With ``stop_at``, stop after that many steps and save the state to ``state`` instead of the
+    model; without it, resume from ``state`` when that file exists.
+    """
     from opd.models.base import images_to_unit
     from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
     from opd.worlds.mini import WorldConfig, build_corpus
@@ -68,6 +100,8 @@ def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(base["lr"]), weight_decay=0.0)
     steps, batch = int(base["steps"]), int(base["batch_size"])
+    if stop_at is not None and (state is None or not 0 < stop_at < steps):
+        raise ValueError(f"stop_at={stop_at} needs a state path and 0 < stop_at < {steps} steps")
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=float(base["lr"]), total_steps=steps, pct_start=0.05
     )
@@ -76,8 +110,25 @@ def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True)
     rng = np.random.default_rng(keyed_seed(seed, "pretrain"))
     gen = torch.Generator().manual_seed(keyed_seed(seed, "pretrain-noise") % (2**62))
     dropout = float(base.get("caption_dropout", 0.1))
-    losses = []
-    bar = tqdm(range(steps), desc="pretrain", disable=not progress, leave=False)
+    losses: list[float] = []
+    start, before = 0, 0.0
+    if stop_at is None and state is not None and Path(state).exists():
+        saved = torch.load(state, map_location="cpu", weights_only=False)
+        if saved["key"] != _state_key(profile):
+            raise ValueError(
+                f"{state} was saved under a different world/model/base config; delete it"
+            )
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(saved["params"][name])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        ema = saved["ema"]
+        rng.bit_generator.state = saved["rng"]
+        gen.set_state(saved["gen"])
+        losses, start, before = list(saved["losses"]), int(saved["step"]), float(saved["seconds"])
+    end = steps if stop_at is None else stop_at
+    bar = tqdm(range(start, end), desc="pretrain", disable=not progress, leave=False)
     for _step in bar:
         idx = rng.integers(0, len(x_all), size=batch)
         x0 = x_all[idx]
@@ -98,6 +149,23 @@ def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True)
         losses.append(float(loss.detach()))
         if _step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    seconds = before + time.perf_counter() - t_start
+    if stop_at is not None:
+        assert state is not None
+        _save_state(
+            Path(state),
+            stop_at,
+            seconds,
+            key=_state_key(profile),
+            params={n: p.detach().clone() for n, p in model.named_parameters()},
+            opt=opt.state_dict(),
+            sched=sched.state_dict(),
+            ema=ema,
+            rng=rng.bit_generator.state,
+            gen=gen.get_state(),
+            losses=losses,
+        )
+        return {"stopped_at": stop_at, "steps": steps, "state": str(state), "seconds": seconds}
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(ema[name])
@@ -111,7 +179,8 @@ def pretrain_base(profile: dict[str, Any], out_dir: Path, progress: bool = True)
         "final_loss": float(np.mean(losses[-50:])),
         "corpus_size": len(x_all),
         "vocab_size": len(vocab),
-        "seconds": round(time.perf_counter() - t_start, 1),
+        "seconds": round(before + time.perf_counter() - t_start, 1),
+        "resumed_at": start,
         "world_version": profile["world"].get("version"),
     }
     (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -106,6 +106,11 @@ def test_dry_run_lists_every_run_seed_teacher_and_evaluation(profile, tmp_path):
     once += ["retention", "plot_grad_variance", "reproduce"]
     if "world" in cfg:  # the mini world's stage 0 (the paper profile downloads its base model)
         once += ["build_world", "train_scorers", "pretrain_base", "validate_world"]
+    if cfg.get("base", {}).get("split"):  # pretraining in two jobs, the second on more threads
+        once.append("pretrain_base_head")
+        (resume,) = [s for _, s in by_rule["pretrain_base"]]
+        threads = cfg["base"]["split"]["threads"]
+        assert f"--set threads={threads}" in resume and "--state" in resume, resume
     for rule in once:
         assert stats.get(rule) == 1, (rule, stats)
 
@@ -169,6 +174,7 @@ MALFORMED = {  # a --config entry or the content of a --configfile, and the key 
     "missing key": ("benchmarks={extra: {task: text}}", "benchmarks.extra"),
     "file: negative steps": ({"methods": {"opd": {"steps": -3}}}, "methods.opd.steps"),
     "file: wrong type": ({"eval": {"num_steps": "ten"}}, "eval.num_steps"),
+    "split beyond the steps": ("base={split: {at: 9, threads: 2}}", "base.split.at"),
     "file: unknown teacher": (
         {"tasks": {"text": {"teacher": {"method": "nosuch"}}}},
         "tasks.text.teacher.method",
@@ -219,6 +225,8 @@ if cmd == "world":
     touch(out / "world.json")
 elif cmd == "scorers":
     touch(out / "summary.json")
+elif cmd == "pretrain" and "--stop-at" in args:
+    touch(opt("--state"))
 elif cmd in ("pretrain", "train"):
     touch(out / "DONE")
 elif cmd == "evaluate":
