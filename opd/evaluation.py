@@ -6,7 +6,10 @@ deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation seed; t
 decoded and scored by every column on that prompt set. A column's value for one evaluation seed
 is the scorer's mean, or its own aggregate where it defines one (the compositional score is the
 mean of its six sub-task accuracies, as GenEval's overall). Every saved checkpoint of a run is
-evaluated (EMA weights), which gives the retention curves.
+evaluated (EMA weights), which gives the retention curves. A checkpoint whose adapter is the
+identity (plain LoRA with every ``lora_B`` zero: each run's step 0) generates exactly the base
+model's images, so with ``base_eval`` its rows are copied from the base model's evaluation at the
+same CFG scale instead of being sampled again (one evaluation per run saved; tested bit-exact).
 
 An eval CSV is written atomically with a sidecar ``<name>.csv.sha256`` holding its SHA-256;
 :func:`verify_eval_csv` (run by ``opd collect``) refuses a CSV that was truncated or altered
@@ -214,6 +217,39 @@ def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
     return float(g if g is not None else profile["eval"]["guidance"])
 
 
+def adapter_is_identity(tensors: dict[str, torch.Tensor]) -> bool:
+    """True for a plain LoRA state dict (``lora_A``/``lora_B`` weights only) whose every
+    ``lora_B`` is zero: ``B A = 0``, so the adapted model is the base model."""
+    if not tensors or any(".lora_A." not in k and ".lora_B." not in k for k in tensors):
+        return False
+    return all(not torch.any(v) for k, v in tensors.items() if ".lora_B." in k)
+
+
+def base_rows_at(
+    profile: dict[str, Any], base_eval: Path, guidance: float
+) -> list[dict[str, Any]] | None:
+    """The base model's result rows at CFG ``guidance`` from its eval CSV (``evaluate_base``:
+    1.0 and the profile's eval guidance), or None at any other scale."""
+    runs = {1.0: "base_nocfg", float(profile["eval"]["guidance"]): "base_cfg"}
+    if guidance not in runs:
+        return None
+    verify_eval_csv(base_eval)
+    with open(base_eval, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["run"] == runs[guidance]]
+    if not rows:
+        raise ValueError(f"{base_eval} has no {runs[guidance]} rows")
+    return [
+        {
+            "column": r["column"],
+            "task": r["task"],
+            "eval_seed": int(r["eval_seed"]),
+            "value": float(r["value"]),
+            "n": int(r["n"]),
+        }
+        for r in rows
+    ]
+
+
 def evaluate_run(
     profile: dict[str, Any],
     run_dir: Path,
@@ -222,8 +258,10 @@ def evaluate_run(
     out: Path,
     samples_out: Path | None = None,
     progress: bool = True,
+    base_eval: Path | None = None,
 ) -> Path:
-    """Evaluate every checkpoint of ``run_dir`` and write the eval CSV ``out``."""
+    """Evaluate every checkpoint of ``run_dir`` and write the eval CSV ``out``; with
+    ``base_eval`` (the base model's eval CSV), identity checkpoints reuse its rows."""
     from opd.training.context import load_base_model
 
     model = load_base_model(profile)
@@ -243,10 +281,16 @@ def evaluate_run(
             created = True
         model.load_adapter_state_dict(STUDENT, tensors["ema"])
         keep = 16 if i == len(ckpts) - 1 else 0
-        try:
-            results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"evaluating {path}: {err}") from err
+        reused = None
+        if base_eval is not None and not keep and adapter_is_identity(tensors["ema"]):
+            reused = base_rows_at(profile, Path(base_eval), guidance)
+        if reused is not None:
+            results, samples = reused, {}
+        else:
+            try:
+                results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"evaluating {path}: {err}") from err
         if keep:
             _save_samples(samples_out, samples)
         base = {

@@ -1,6 +1,8 @@
 # Evaluation of every saved checkpoint on every benchmark column (fixed prompts and seeds),
-# with a few final samples per run for the sample grid; a fetched (published) teacher is
-# evaluated as its adapter folder. One GPU per job in the paper profile (resources.eval_gpu).
+# with a few final samples per run for the sample grid; a checkpoint whose adapter is the
+# identity (each run's step 0) reuses the base model's rows at its CFG scale; a fetched
+# (published) teacher is evaluated as its adapter folder. One GPU per job in the paper profile
+# (resources.eval_gpu).
 
 
 rule evaluate_base:
@@ -34,6 +36,7 @@ rule evaluate_teacher:
         cfg=ancient(CONFIG_FILE),
         done=TEACHER_DONE,
         ready=eval_ready(),
+        base=EVAL_BASE,
     output:
         csv=EVAL_TEACHER,
         samples=SAMPLES_TEACHER,
@@ -55,7 +58,7 @@ rule evaluate_teacher:
         run_dir=done_dir,
     shell:
         "opd evaluate --config {input.cfg} --run-dir {params.run_dir}"
-        " --run teacher_{wildcards.task} --seed 0 --out {output.csv}"
+        " --run teacher_{wildcards.task} --seed 0 --base-eval {input.base} --out {output.csv}"
         " --samples {output.samples} > {log} 2>&1"
 
 
@@ -64,6 +67,7 @@ rule evaluate_run:
         cfg=ancient(CONFIG_FILE),
         done=RUN_DONE,
         ready=eval_ready(),
+        base=EVAL_BASE,
     output:
         csv=EVAL_RUN,
         samples=SAMPLES_RUN,
@@ -83,7 +87,8 @@ rule evaluate_run:
         run_dir=done_dir,
     shell:
         "opd evaluate --config {input.cfg} --run-dir {params.run_dir} --run {wildcards.run}"
-        " --seed {wildcards.seed} --out {output.csv} --samples {output.samples} > {log} 2>&1"
+        " --seed {wildcards.seed} --base-eval {input.base} --out {output.csv}"
+        " --samples {output.samples} > {log} 2>&1"
 
 
 rule evaluate_pretrained_teacher:

@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="evaluate this peft LoRA folder (a published teacher) as --run, instead of --run-dir",
     )
     p.add_argument("--out", type=Path, required=True, help="eval CSV to write")
+    p.add_argument(
+        "--base-eval",
+        type=Path,
+        default=None,
+        help="the base model's eval CSV: checkpoints whose adapter is the identity reuse its rows",
+    )
     p.add_argument("--samples", type=Path, default=None, help="npz of sample images to write")
     return p
 
@@ -51,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.samples,
         progress=bool(cfg.get("progress", True)),
+        base_eval=args.base_eval,
     )
     return 0

@@ -1,0 +1,68 @@
+"""A checkpoint whose adapter is the identity (each run's step 0) reuses the base model's
+evaluation rows: the reused rows equal those of sampling and scoring it again, exactly."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from opd import evaluation
+from opd.evaluation import adapter_is_identity, base_rows_at, evaluate_base, evaluate_run
+from opd.training.loop import train_run
+
+RUN = "teacher_text"  # trained with CFG 4.5, evaluated at the profile's CFG: the base_cfg rows
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_identity_is_plain_lora_with_every_b_zero() -> None:
+    a, b = "blocks.0.to_q.lora_A.weight", "blocks.0.to_q.lora_B.weight"
+    zero = {a: torch.randn(4, 8), b: torch.zeros(8, 4)}
+    assert adapter_is_identity(zero)
+    assert not adapter_is_identity(
+        {a: zero[a], b: torch.zeros(8, 4).index_fill_(0, torch.tensor([3]), 1e-30)}
+    )
+    assert not adapter_is_identity({**zero, "blocks.0.to_q.lora_magnitude_vector": torch.ones(8)})
+    assert not adapter_is_identity({})
+
+
+def test_step_zero_reuses_the_base_rows_bit_for_bit(smoke_stage1, tmp_path, monkeypatch):
+    cfg = smoke_stage1
+    run_dir = tmp_path / RUN
+    train_run(cfg, RUN, 0, run_dir, progress=False, max_steps=1)  # checkpoints 0 and 1
+    base_csv = evaluate_base(cfg, tmp_path / "base.csv")
+    assert base_rows_at(cfg, base_csv, 2.0) is None  # neither of the base model's CFG scales
+
+    sampled = evaluate_run(cfg, run_dir, RUN, 0, tmp_path / "sampled.csv", progress=False)
+    calls = []
+    original = evaluation.Evaluator.evaluate
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.Evaluator, "evaluate", counting)
+    reused = evaluate_run(
+        cfg, run_dir, RUN, 0, tmp_path / "reused.csv", progress=False, base_eval=base_csv
+    )
+    assert len(calls) == 1  # step 1 only: step 0 came from the base evaluation
+    a, b = _rows(sampled), _rows(reused)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and {r["step"] for r in a} == {"0", "1"}
+    assert a == b
+    step0 = [r for r in b if r["step"] == "0"]
+    base_cfg = [r for r in _rows(base_csv) if r["run"] == "base_cfg"]
+    key = ("column", "task", "eval_seed", "value", "n")
+    assert [[r[k] for k in key] for r in step0] == [[r[k] for k in key] for r in base_cfg]
+
+
+def test_a_damaged_base_eval_is_refused(smoke_stage1, tmp_path):
+    base_csv = evaluate_base(smoke_stage1, tmp_path / "base.csv")
+    base_csv.write_text(base_csv.read_text().replace("base_cfg", "base_cfx", 1))
+    with pytest.raises(evaluation.EvalIntegrityError):
+        base_rows_at(smoke_stage1, base_csv, float(smoke_stage1["eval"]["guidance"]))
