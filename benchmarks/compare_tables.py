@@ -6,7 +6,8 @@ path. What must hold is that the tables agree within seed noise. For each (row, 
 prints the difference and ``z = diff / noise``, where noise is the standard error of the
 difference of two means over seeds: ``sqrt(s_ref^2 / n_ref + s_new^2 / n_new)``. Rows evaluated
 on one seed (the base model, the teachers) have no spread of their own; they take the metric's
-median seed standard deviation over the multi-seed rows of both runs, with n = 1. Writes JSON
+median seed standard deviation over the multi-seed rows of both runs, with n = 1; so does a
+row whose seeds all gave the same number (teacher_merge: it trains nothing). Writes JSON
 and prints a table; exits 1 if any ``|z|`` exceeds ``--max-z`` (default 3).
 
     python benchmarks/compare_tables.py --new results/mini/tables
@@ -38,7 +39,7 @@ def compare(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             for r in (a, b):
                 n = int(r["n_seeds"])
                 s = r[f"{metric}_std"]
-                s = typical if n < 2 or pd.isna(s) else float(s)
+                s = typical if n < 2 or pd.isna(s) or s == 0 else float(s)
                 parts.append(s * s / max(n, 1))
             noise = math.sqrt(sum(parts))
             diff = float(b[f"{metric}_mean"]) - float(a[f"{metric}_mean"])
