@@ -179,7 +179,7 @@ def pretrain_base(
         "final_loss": float(np.mean(losses[-50:])),
         "corpus_size": len(x_all),
         "vocab_size": len(vocab),
-        "seconds": round(before + time.perf_counter() - t_start, 1),
+        "seconds": round(seconds, 1),
         "resumed_at": start,
         "world_version": profile["world"].get("version"),
     }
