@@ -7,6 +7,7 @@ own ``results/`` and ``.snakemake/`` are never touched.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -289,3 +290,20 @@ def test_finished_workflow_reruns_nothing_and_tables_alone_regenerate(tmp_path):
     rc, out = snakemake(work, "--report", str(report), *smoke, env=env)
     assert rc == 0, out
     assert "Generated caption of convergence" in report.read_text()
+
+
+@pytest.mark.slow
+def test_split_pretraining_runs_as_two_jobs_and_leaves_no_state(tmp_path):
+    """The real ``opd`` through Snakemake: the head job saves the state, the second job resumes
+    from it on the configured threads, Snakemake deletes the state, and nothing reruns."""
+    split = ["profile=smoke", "base={split: {at: 3, threads: 2}}", "progress=false"]
+    target = "results/smoke/base/DONE"
+    rc, out = snakemake(tmp_path, "--cores", "2", target, "--config", *split)
+    assert rc == 0, out
+    assert "pretrain_base_head" in out and "Removing temporary output" in out, out
+    base = tmp_path / "results/smoke/base"
+    summary = json.loads((base / "pretrain.json").read_text())
+    assert summary["resumed_at"] == 3 and summary["steps"] == 5, summary
+    assert not (base / "pretrain_state.pt").exists()
+    rc, out = snakemake(tmp_path, "-n", target, "--config", *split)
+    assert rc == 0 and "Nothing to be done" in out, out
