@@ -4,8 +4,8 @@
 # 271 + 473 = 744 s when each takes both threads in turn (torch gains only 1.25-1.4x from a
 # second thread for scorer training). With ``base.split``, pretraining stops after ``at`` steps
 # (about when scorer training ends) and a second job resumes it on both threads (1.6x faster per
-# step at batch 128), instead of leaving the second core idle. The paper profile has no world section: its
-# base model and scorers come from the model hub.
+# step at batch 128), instead of leaving the second core idle. The paper profile has no world
+# section: its base model and scorers come from the model hub.
 
 
 rule build_world:
