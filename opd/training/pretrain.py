@@ -128,7 +128,14 @@ def pretrain_base(
         gen.set_state(saved["gen"])
         losses, start, before = list(saved["losses"]), int(saved["step"]), float(saved["seconds"])
     end = steps if stop_at is None else stop_at
-    bar = tqdm(range(start, end), desc="pretrain", disable=not progress, leave=False)
+    bar = tqdm(
+        range(start, end),
+        desc="pretrain",
+        initial=start,  # a split run's bars read 0 -> at and at -> steps, both of steps
+        total=steps,
+        disable=not progress,
+        leave=False,
+    )
     for _step in bar:
         idx = rng.integers(0, len(x_all), size=batch)
         x0 = x_all[idx]
