@@ -40,6 +40,12 @@ class MethodConfig:
     eval_guidance: float | None = None  # CFG at evaluation (None: profile's eval guidance)
     num_steps: int | None = None  # rollout steps (None: profile's sampling.num_steps)
     train_steps: int | None = None  # the first k steps are trained (None: num_steps - 1)
+    # Train only a window of that many of those steps per optimizer step (rollouts unchanged):
+    # "slide" moves it one step later every `window_every` optimizer steps from the noisiest
+    # step (MixGRPO), "random" draws that many distinct steps per step and task (Flow-GRPO-Fast).
+    train_window: int | None = None
+    window_mode: str = "slide"
+    window_every: int = 1
     lora_rank: int | None = None
     lora_alpha: float | None = None
 
@@ -53,12 +59,34 @@ class MethodConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.train_window is not None and self.train_window < 1:
+            raise ValueError(f"train_window must be >= 1, got {self.train_window}")
+        if self.window_mode not in ("slide", "random"):
+            raise ValueError(f"window_mode must be 'slide' or 'random', got {self.window_mode!r}")
+        if self.window_every < 1:
+            raise ValueError(f"window_every must be >= 1, got {self.window_every}")
 
 
 def keyed_seed(*parts: int | str) -> int:
     """A 63-bit seed from a tuple of ints/strings (stable across processes and platforms)."""
     blob = "/".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 1
+
+
+def window_steps(
+    n: int, window: int | None, iteration: int, mode: str = "slide", every: int = 1, seed: int = 0
+) -> list[int]:
+    """The denoising steps (indices into the first ``n``) trained at optimizer step
+    ``iteration``: all ``n`` without a window; "slide": ``window`` consecutive steps starting at
+    ``iteration // every``, stopping at the last ``window``; "random": ``window`` distinct steps
+    drawn from ``seed`` (key the seed by iteration and task), in increasing order."""
+    if window is None or window >= n:
+        return list(range(n))
+    if mode == "random":
+        rng = np.random.default_rng(seed)
+        return sorted(int(j) for j in rng.choice(n, size=window, replace=False))
+    start = min(iteration // every, n - window)
+    return list(range(start, start + window))
 
 
 @dataclasses.dataclass
@@ -141,6 +169,14 @@ class Method:
 
     def setup(self) -> None:
         """Called once after the student adapter exists and before resume."""
+
+    def trained_steps(self, iteration: int, task: str) -> list[int]:
+        """The rollout steps trained at ``iteration`` for ``task`` (:func:`window_steps`)."""
+        cfg = self.cfg
+        seed = keyed_seed(self.ctx.seed, iteration, task, "window")
+        return window_steps(
+            self.train_steps, cfg.train_window, iteration, cfg.window_mode, cfg.window_every, seed
+        )
 
     def step(self, iteration: int) -> dict[str, float]:
         """Accumulate gradients of one optimizer step into the trainable adapter."""

@@ -77,7 +77,7 @@ class DiffusionOPD(Method):
                 batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
             )
             total = 0.0
-            for j in range(self.train_steps):
+            for j in self.trained_steps(iteration, task):
                 x, x_next = traj.states[j], traj.states[j + 1]
                 t, t_next = times[j], times[j + 1]
                 with torch.no_grad():

@@ -101,7 +101,8 @@ class FlowGRPO(_RLMethod):
             ref_v = model.velocity_fn(batch.embeds, guidance_scale=self.guidance, adapter=None)
             total = 0.0
             kl_total = 0.0
-            for j in range(self.train_steps):
+            trained = self.trained_steps(iteration, task)
+            for j in trained:
                 x, x_next = traj.states[j], traj.states[j + 1]
                 t, t_next = times[j], times[j + 1]
                 v = student_v(x, t)
@@ -124,13 +125,13 @@ class FlowGRPO(_RLMethod):
                     kl = ((out.mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * sigma_t**2)
                     loss = loss + cfg.beta * kl
                     kl_total += float(kl.detach().mean())
-                loss = loss.mean() / (self.train_steps * len(tasks))
+                loss = loss.mean() / (len(trained) * len(tasks))
                 loss.backward()
                 compute.forward(n, self.guidance, grad=True)
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
-            logs[f"{task}/kl"] = kl_total / self.train_steps
+            logs[f"{task}/kl"] = kl_total / len(trained)
         return logs
 
 
@@ -190,7 +191,7 @@ class DiffusionNFT(_RLMethod):
             r = 0.5 + adv.clamp(-cfg.adv_clip, cfg.adv_clip) / (2 * cfg.adv_clip)
             x0 = batch.traj.states[-1]
             n = x0.shape[0]
-            grid = batch.grid[: self.train_steps]
+            grid = batch.grid[self.trained_steps(iteration, task)]
             rng = np.random.default_rng(keyed_seed(self.ctx.seed, iteration, task, "nft_t"))
             total = 0.0
             count = cfg.noisings * len(grid)
