@@ -57,6 +57,15 @@ def compare(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def world_version(tables: Path) -> str | None:
+    """The world version a tables folder was made in (from ``world_validation.csv``)."""
+    path = tables / "world_validation.csv"
+    if not path.exists():
+        return None
+    versions = pd.read_csv(path)["world_version"].astype(str).unique()
+    return str(versions[0]) if len(versions) == 1 else ",".join(sorted(versions))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, default=Path("benchmarks/reference/mini"))
@@ -64,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_vs_reference.json"))
     p.add_argument("--max-z", type=float, default=3.0)
     args = p.parse_args(argv)
+    ref_world, new_world = world_version(args.reference), world_version(args.new)
+    if ref_world and new_world and ref_world != new_world:
+        print(
+            f"error: the reference was made in world {ref_world}, the new tables in {new_world};"
+            " tables of different worlds are not comparable",
+            file=sys.stderr,
+        )
+        return 2
     df = compare(pd.read_csv(args.reference / "table1.csv"), pd.read_csv(args.new / "table1.csv"))
     worst = df.loc[df["z"].abs().idxmax()]
     summary = {

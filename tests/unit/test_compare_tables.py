@@ -51,3 +51,15 @@ def test_exit_status(tmp_path: Path) -> None:
     shifted.to_csv(tmp_path / "new" / "table1.csv", index=False)
     assert compare_tables.main(["--new", str(tmp_path / "new"), "--out", str(out)]) == 1
     assert '"worst": "opd / compose"' in out.read_text()
+
+
+def test_tables_of_another_world_are_refused(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "table1.csv").write_text((REFERENCE / "table1.csv").read_text())
+    val = pd.read_csv(REFERENCE / "world_validation.csv")
+    val.to_csv(new / "world_validation.csv", index=False)
+    out = tmp_path / "cmp.json"
+    assert compare_tables.main(["--new", str(new), "--out", str(out)]) == 0
+    val.assign(world_version="mini-0").to_csv(new / "world_validation.csv", index=False)
+    assert compare_tables.main(["--new", str(new), "--out", str(out)]) == 2
