@@ -58,7 +58,7 @@ def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any
         if not run.startswith("teacher_") or task not in profile["tasks"]:
             known = sorted(profile.get("methods", {}))
             raise KeyError(f"unknown run {run!r}; known: {', '.join(known)} and teacher_<task>")
-        section = dict(profile["tasks"][task]["teacher"])
+        section = {**defaults, **dict(profile["tasks"][task]["teacher"])}
         section.pop("pretrained", None)  # a published adapter: fetched by the workflow, not trained
         name = section.pop("method")
         guidance = section.pop("guidance", None)
