@@ -577,9 +577,9 @@ def _axis_layout(
     si = np.where(subject_low, 0, 1)
     ti = 1 - si
     rows = np.arange(m)
+    horizontal = rel < 2
     for _ in range(2):
         cross = np.stack([cross_low, cross_high], 1)
-        horizontal = rel < 2
         ax, ay = (
             np.where(horizontal[:, None], along, cross),
             np.where(horizontal[:, None], cross, along),
