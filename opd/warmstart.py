@@ -142,6 +142,26 @@ def run_client(argv: Sequence[str]) -> int | None:
     path = os.environ.get(SOCKET_ENV)
     if not path or os.environ.get(WORKER_ENV) or not _wait_for_server(path):
         return None
+    # the handlers go in before the worker exists: a signal that arrives during the handshake
+    # is held and forwarded once the worker's pid is known, never lost to the default action
+    pid = 0
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, forward) for signum in handled}
+
+    def start_cold() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if forwarded:  # the job was told to stop before it started: stop as the cold one would
+            signal.raise_signal(forwarded[-1])
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -153,32 +173,23 @@ def run_client(argv: Sequence[str]) -> int | None:
             **_interpreter(),
         }
         _send(sock, request, fds=(0, 1, 2))
-        reply, _ = _recv(sock)
+        reply, _ = _recv(sock)  # PEP 475: a handled signal does not interrupt it
     except OSError:
         sock.close()
+        start_cold()
         return None
     if reply is None or "pid" not in reply:
         sock.close()
+        start_cold()
         return None
     pid = int(reply["pid"])
-    forwarded: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        forwarded.append(signum)
+    if forwarded:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
-    while True:
-        try:
-            status, _ = _recv(sock)
-            break
-        except InterruptedError:
-            continue
-        except OSError:
-            status = None
-            break
+            os.kill(pid, forwarded[-1])
+    try:
+        status, _ = _recv(sock)
+    except OSError:
+        status = None
     sock.close()
     if status is None or "rc" not in status:
         signum = forwarded[-1] if forwarded else signal.SIGKILL
