@@ -151,28 +151,50 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
                     f"{key}[{i}]: {run_name!r} is not a key of methods; known: "
                     f"{', '.join(sorted(methods))}"
                 )
-    defaults = dict(cfg.get("method_defaults") or {})
-    for run_name, section in methods.items():
-        section = {**defaults, **dict(section or {})}
-        method = section.pop("method", run_name)
+    runs = [(run, f"methods.{run}") for run in methods]
+    runs += [(f"teacher_{task}", f"tasks.{task}.teacher") for task in cfg.get("tasks") or {}]
+    for run_name, where in runs:
+        method, section = method_section(cfg, run_name)
         try:
             cls = METHODS.get(method)
         except KeyError as err:
-            raise ConfigError(f"methods.{run_name}: {err}") from None
-        build_dataclass(cls.Config, section, f"methods.{run_name}")
-    for task, section in (cfg.get("tasks") or {}).items():
-        teacher = section.get("teacher", {}).get("method")
-        if teacher is not None:
-            try:
-                METHODS.get(teacher)
-            except KeyError as err:
-                raise ConfigError(f"tasks.{task}.teacher.method: {err}") from None
+            raise ConfigError(f"{where}.method: {err}") from None
+        build_dataclass(cls.Config, section, where)
     _check_scorer_names(cfg)
     split = (cfg.get("base") or {}).get("split")
     if split and not split["at"] < cfg["base"].get("steps", 0):
         raise ConfigError(
             f"base.split.at: {split['at']} must be below base.steps ({cfg['base'].get('steps')})"
         )
+
+
+def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any]]:
+    """The method name and the config section of run ``run``, ``method_defaults`` merged in.
+
+    ``run`` is a key of ``methods`` or ``teacher_<task>``, whose section is the task's
+    ``teacher`` entry (its ``guidance`` also serves as its evaluation guidance; its ``tasks``
+    default to its own task; ``pretrained`` is the workflow's, not the method's).
+    """
+    defaults = dict(cfg.get("method_defaults") or {})
+    methods = cfg.get("methods") or {}
+    if run in methods:
+        section = {**defaults, **dict(methods[run] or {})}
+        return section.pop("method", run), section
+    task = run.removeprefix("teacher_")
+    if not run.startswith("teacher_") or task not in (cfg.get("tasks") or {}):
+        known = ", ".join(sorted(methods))
+        raise KeyError(f"unknown run {run!r}; known: {known} and teacher_<task>")
+    section = {**defaults, **dict(cfg["tasks"][task].get("teacher") or {})}
+    section.pop("pretrained", None)  # a published adapter: fetched by the workflow, not trained
+    name = section.pop("method", None)
+    if name is None:
+        raise ConfigError(f"tasks.{task}.teacher.method: missing")
+    guidance = section.pop("guidance", None)
+    if guidance is not None:  # the teacher's own CFG, in training and at evaluation
+        section["guidance"] = guidance
+        section.setdefault("eval_guidance", guidance)
+    section.setdefault("tasks", [task])
+    return name, section
 
 
 def _check_scorer_names(cfg: Mapping[str, Any]) -> None:

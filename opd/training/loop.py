@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from opd.config import build_dataclass, config_hash
+from opd.config import build_dataclass, config_hash, method_section
 from opd.faults import maybe_fail
 from opd.registry import METHODS
 from opd.training import checkpoint as ckpt
@@ -49,23 +49,7 @@ class NonFiniteError(FloatingPointError):
 
 def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any, dict]:
     """The method class, its validated config and the raw section of run ``run``."""
-    defaults = dict(profile.get("method_defaults") or {})
-    section = {**defaults, **dict((profile.get("methods") or {}).get(run) or {})}
-    if run in profile.get("methods", {}):
-        name = section.pop("method", run)
-    else:  # a teacher run: "teacher_<task>"
-        task = run.removeprefix("teacher_")
-        if not run.startswith("teacher_") or task not in profile["tasks"]:
-            known = sorted(profile.get("methods", {}))
-            raise KeyError(f"unknown run {run!r}; known: {', '.join(known)} and teacher_<task>")
-        section = {**defaults, **dict(profile["tasks"][task]["teacher"])}
-        section.pop("pretrained", None)  # a published adapter: fetched by the workflow, not trained
-        name = section.pop("method")
-        guidance = section.pop("guidance", None)
-        if guidance is not None:  # the teacher's own CFG, in training and at evaluation
-            section.setdefault("guidance", guidance)
-            section.setdefault("eval_guidance", guidance)
-        section.setdefault("tasks", [task])
+    name, section = method_section(profile, run)
     cls = METHODS.get(name)
     cfg = build_dataclass(cls.Config, section, f"methods.{run}")
     return cls, cfg, {"method": name, **section}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from opd.config import load_config
+import re
+
+import pytest
+
+from opd.config import ConfigError, load_config
 from opd.training.loop import resolve_method
 
 
@@ -18,3 +22,23 @@ def test_method_defaults_reach_teachers_and_runs_and_yield_to_their_own_keys() -
     cfg["tasks"]["text"]["teacher"]["ema_decay"] = 0.5
     _, method_cfg, _ = resolve_method(cfg, "teacher_text")
     assert (method_cfg.ema_decay, method_cfg.ema_every) == (0.5, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("tasks.text.teacher.ema_decy=0.5", "tasks.text.teacher"),  # a misspelt key
+        ("tasks.text.teacher.lr=fast", "tasks.text.teacher.lr"),  # an ill-typed value
+        ("method_defaults.no_such_field=1", "methods."),  # a default that no method has
+    ],
+)
+def test_a_bad_teacher_or_default_key_fails_at_config_time(override: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        load_config("mini", set_items=[override])
+
+
+def test_a_teachers_guidance_is_also_its_evaluation_guidance() -> None:
+    cfg = load_config("mini")
+    cfg["tasks"]["text"]["teacher"]["guidance"] = 3.5
+    _, method_cfg, _ = resolve_method(cfg, "teacher_text")
+    assert (method_cfg.guidance, method_cfg.eval_guidance, method_cfg.tasks) == (3.5, 3.5, ["text"])
