@@ -16,6 +16,9 @@ rule train_teacher:
         f"{BENCH}/teachers/{{task}}.tsv"
     wildcard_constraints:
         task=only(TRAINED_TASKS),
+    # the critical path (teachers, then the method's runs that distil them): ahead of the
+    # baselines, which are ready at the same time and would otherwise go first
+    priority: 10
     conda:
         ENV
     container:
