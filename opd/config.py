@@ -173,7 +173,8 @@ def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any
 
     ``run`` is a key of ``methods`` or ``teacher_<task>``, whose section is the task's
     ``teacher`` entry (its ``guidance`` also serves as its evaluation guidance; its ``tasks``
-    default to its own task; ``pretrained`` is the workflow's, not the method's).
+    default to its own task; ``pretrained`` is the workflow's, not the method's). ``KeyError``
+    for a run the config does not define.
     """
     defaults = dict(cfg.get("method_defaults") or {})
     methods = cfg.get("methods") or {}
@@ -184,11 +185,12 @@ def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any
     if not run.startswith("teacher_") or task not in (cfg.get("tasks") or {}):
         known = ", ".join(sorted(methods))
         raise KeyError(f"unknown run {run!r}; known: {known} and teacher_<task>")
-    section = {**defaults, **dict(cfg["tasks"][task].get("teacher") or {})}
+    teacher = dict(cfg["tasks"][task].get("teacher") or {})
+    if "method" not in teacher:  # no trained teacher: as unknown as a misspelt run
+        raise KeyError(f"run {run!r}: tasks.{task}.teacher names no method")
+    section = {**defaults, **teacher}
     section.pop("pretrained", None)  # a published adapter: fetched by the workflow, not trained
-    name = section.pop("method", None)
-    if name is None:
-        raise ConfigError(f"tasks.{task}.teacher.method: missing")
+    name = section.pop("method")
     guidance = section.pop("guidance", None)
     if guidance is not None:  # the teacher's own CFG, in training and at evaluation
         section["guidance"] = guidance
