@@ -8,7 +8,9 @@ difference of two means over seeds: ``sqrt(s_ref^2 / n_ref + s_new^2 / n_new)``.
 on one seed (the base model, the teachers) have no spread of their own; they take the metric's
 median seed standard deviation over the multi-seed rows of both runs, with n = 1; so does a
 row whose seeds all gave the same number (teacher_merge: it trains nothing). Writes JSON
-and prints a table; exits 1 if any ``|z|`` exceeds ``--max-z`` (default 3).
+(default ``results/mini/compare_to_reference.json``, beside the run it compares; the kept record
+``benchmarks/results/mini_vs_reference.json`` is written only when named with ``--out``) and
+prints a table; exits 1 if any ``|z|`` exceeds ``--max-z`` (default 3).
 
     python benchmarks/compare_tables.py --new results/mini/tables
 """
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", type=Path, default=Path("benchmarks/reference/mini"))
     p.add_argument("--new", type=Path, default=Path("results/mini/tables"))
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mini_vs_reference.json"))
+    p.add_argument("--out", type=Path, default=Path("results/mini/compare_to_reference.json"))
     p.add_argument("--max-z", type=float, default=3.0)
     args = p.parse_args(argv)
     ref_world, new_world = world_version(args.reference), world_version(args.new)

@@ -63,3 +63,13 @@ def test_tables_of_another_world_are_refused(tmp_path: Path) -> None:
     assert compare_tables.main(["--new", str(new), "--out", str(out)]) == 0
     val.assign(world_version="mini-0").to_csv(new / "world_validation.csv", index=False)
     assert compare_tables.main(["--new", str(new), "--out", str(out)]) == 2
+
+
+def test_default_output_leaves_the_kept_record_alone(tmp_path: Path, monkeypatch) -> None:
+    record = REPO / "benchmarks/results/mini_vs_reference.json"
+    before = record.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert compare_tables.main(["--reference", str(REFERENCE), "--new", str(REFERENCE)]) == 0
+    written = tmp_path / "results/mini/compare_to_reference.json"
+    assert '"max_abs_z": 0.0' in written.read_text()
+    assert record.read_bytes() == before
