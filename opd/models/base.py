@@ -737,6 +737,8 @@ class FlowModel(nn.Module):
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 tr = SD3Transformer2DModel.from_pretrained(p / "transformer", torch_dtype=dtype)
             enc = ClipPromptEncoder.from_pretrained(p, dtype=dtype)
+            tiny = (meta.get("meta") or {}).get("tiny_config") or {}
+            set_ff_gelu(tr, tiny.get("ff_gelu", "tanh"))
             model = cls(
                 tr,
                 enc,
@@ -762,6 +764,27 @@ class FlowModel(nn.Module):
                 if (sub / L.CONFIG_NAME).is_file():
                     model.load_adapter(sub.name, sub)
         return model
+
+
+#: ``TinyModelConfig.ff_gelu`` -> the ``approximate`` argument of diffusers' GELU module.
+FF_GELU: dict[str, str] = {"tanh": "tanh", "exact": "none"}
+
+
+def set_ff_gelu(transformer: nn.Module, mode: str) -> int:
+    """Make every feed-forward GELU of an SD3 transformer the ``mode`` form ("tanh", as SD3,
+    or "exact"); returns how many modules were set. diffusers builds them as tanh GELUs and
+    saves no activation in the config, so a mini model saved with "exact" gets it again here on
+    load (from ``tiny_config.ff_gelu`` in its metadata)."""
+    from diffusers.models.activations import GELU
+
+    if mode not in FF_GELU:
+        raise ValueError(f"ff_gelu must be one of {sorted(FF_GELU)}, got {mode!r}")
+    n = 0
+    for module in transformer.modules():
+        if isinstance(module, GELU):
+            module.approximate = FF_GELU[mode]
+            n += 1
+    return n
 
 
 def _is_hub_id(name: str) -> bool:

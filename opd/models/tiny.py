@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from opd.models.base import ClipPromptEncoder, FlowModel
+from opd.models.base import FF_GELU, ClipPromptEncoder, FlowModel, set_ff_gelu
 from opd.models.sd3 import SD3_CONFIG_NAME
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -121,6 +121,14 @@ class TinyModelConfig:
     max_length: int = 16
     vocab_words: tuple[str, ...] = field(default_factory=tuple)
     qk_norm: str | None = None
+    #: The feed-forward GELU of the transformer blocks: "tanh" (SD3's ``gelu-approximate``) or
+    #: "exact" (erf). ATen's float tanh is not vectorised on x86 CPUs, so the tanh form costs
+    #: about 3x the exact one there (``benchmarks/step_cost.py`` measures the step).
+    ff_gelu: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.ff_gelu not in FF_GELU:
+            raise ValueError(f"ff_gelu must be one of {sorted(FF_GELU)}, got {self.ff_gelu!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -178,6 +186,7 @@ def build_tiny_flow_model(
             pos_embed_max_size=cfg.resolution // cfg.patch_size,
             qk_norm=cfg.qk_norm,
         )
+    set_ff_gelu(transformer, cfg.ff_gelu)
     return FlowModel(
         transformer,
         ClipPromptEncoder(text, tok),

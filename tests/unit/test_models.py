@@ -351,3 +351,37 @@ def test_pixel_decode_encode_roundtrip(model: FlowModel) -> None:
     y = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     assert model.decode(y)[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
     assert model.state_shape == (3, 8, 8)
+
+
+def test_exact_ff_gelu_is_the_erf_form_and_survives_save_load(batch, tmp_path) -> None:
+    """``ff_gelu="exact"`` swaps the feed-forward GELU for the erf form (checked against a
+    float64 computation of both forms) and a saved model loads with it; the default stays SD3's."""
+    from dataclasses import replace
+
+    from diffusers.models.attention import FeedForward
+
+    x, t, _ = batch
+    tanh_model = tiny()
+    exact = build_tiny_flow_model(replace(CFG, ff_gelu="exact"), WORDS, seed=0)
+    ff = next(m for m in exact.transformer.modules() if isinstance(m, FeedForward))
+    lin_in, lin_out = ff.net[0].proj, ff.net[2]
+    h = torch.randn(64, lin_in.in_features, generator=torch.Generator().manual_seed(3))
+    u = torch.nn.functional.linear(h.double(), lin_in.weight.double(), lin_in.bias.double())
+    erf = 0.5 * u * (1 + torch.erf(u / 2**0.5))
+    tanh = 0.5 * u * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (u + 0.044715 * u**3)))
+    for model, act in ((exact, erf), (tanh_model, tanh)):
+        f = next(m for m in model.transformer.modules() if isinstance(m, FeedForward))
+        want = torch.nn.functional.linear(act, lin_out.weight.double(), lin_out.bias.double())
+        with torch.no_grad():
+            got = f(h).double()
+        # float32 rounding of a 4 * width sum: far below the forms' difference (about 1e-4)
+        assert (got - want).abs().max() < 1e-5 < (erf - tanh).abs().max()
+    exact.save_pretrained(tmp_path / "m")
+    loaded = FlowModel.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        v_loaded = loaded.velocity(x, t, loaded.encode_prompts(["a red circle"] * 3))
+        v_exact = exact.velocity(x, t, exact.encode_prompts(["a red circle"] * 3))
+        v_tanh = tanh_model.velocity(x, t, tanh_model.encode_prompts(["a red circle"] * 3))
+    assert torch.equal(v_loaded, v_exact) and not torch.equal(v_exact, v_tanh)
+    with pytest.raises(ValueError, match="ff_gelu"):
+        TinyModelConfig(ff_gelu="fast")
