@@ -26,6 +26,8 @@ process on one thread (``torch.set_num_threads(1)``), and every time is that thr
 3. **Scaling** of each cost with the number of tasks, the denoising steps and the batch size.
 4. **bf16 autocast** of the bare student call (forward + backward) against float32, with a
    1024 x 1024 matmul for reference.
+5. **Feed-forward GELU**: the bare student call with SD3's tanh GELU against the exact (erf)
+   form (``model.tiny.ff_gelu``), same weights, alternating.
 
 Model weights are random (a fresh base model of the profile's shape, random LoRA teachers,
 learned scorers trained for one step): costs do not depend on the weights' values. ``--quick``
@@ -505,9 +507,69 @@ def measure_bf16(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# feed-forward GELU: tanh (SD3's) against exact
+# --------------------------------------------------------------------------------------------
+def measure_gelu(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
+    """Bare student call (forward; forward + backward, CFG batch) with the transformer's
+    feed-forward GELU in SD3's tanh form and in the exact (erf) form (``model.tiny.ff_gelu``),
+    same weights, alternating; and the largest change of the velocity, relative to its scale."""
+    from opd.models.base import set_ff_gelu
+
+    ctx, _m = bench.method("opd")
+    model = ctx.model
+    task = next(iter(ctx.tasks))
+    prompts, _meta, _groups = ctx.sample_prompts(task, batch, 0)
+    embeds = ctx.embed(prompts)
+    x = torch.randn(model.latent_shape(batch), generator=torch.Generator().manual_seed(0))
+    g = float(bench.profile["sampling"]["guidance"])
+
+    def call(grad: bool) -> Callable[[], Any]:
+        def fn() -> Any:
+            with torch.set_grad_enabled(grad):
+                v = model.velocity(x, 0.5, embeds, guidance_scale=g, adapter=STUDENT)
+                if grad:
+                    v.sum().backward()
+                return v.detach()
+
+        return fn
+
+    out: dict[str, Any] = {"batch": batch, "guidance": g}
+    try:
+        for label, grad in (("forward", False), ("forward_backward", True)):
+            fn = call(grad)
+            times: dict[str, list[float]] = {"tanh": [], "exact": []}
+            for mode in ("tanh", "exact"):
+                set_ff_gelu(model.transformer, mode)
+                fn()  # warm-up
+            for _ in range(max(2 * repeats, 2)):
+                for mode in ("tanh", "exact"):
+                    set_ff_gelu(model.transformer, mode)
+                    times[mode].append(_clock(fn, None))
+            pairs = [e / t for t, e in zip(times["tanh"], times["exact"], strict=True)]
+            out[label] = {
+                "tanh_s": min(times["tanh"]),
+                "exact_s": min(times["exact"]),
+                "ratio": min(times["exact"]) / min(times["tanh"]),
+                "ratio_median": statistics.median(pairs),
+            }
+        set_ff_gelu(model.transformer, "tanh")
+        v_tanh = call(False)()
+        set_ff_gelu(model.transformer, "exact")
+        v_exact = call(False)()
+        out["max_abs_change_over_std"] = float((v_exact - v_tanh).abs().max() / v_tanh.std())
+    finally:  # back to the form the profile runs the model in (load_base_model's)
+        mcfg = bench.profile["model"]
+        set_ff_gelu(
+            model.transformer, mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
+        )
+    out["profile_form"] = mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # the whole benchmark
 # --------------------------------------------------------------------------------------------
-SECTIONS = ("rollout", "steps", "comparison", "scaling", "bf16")
+SECTIONS = ("rollout", "steps", "comparison", "scaling", "bf16", "gelu")
 
 
 def run_benchmark(
@@ -613,6 +675,8 @@ def run_benchmark(
 
         if "bf16" in sections:
             res["bf16"] = measure_bf16(bench, rl_batch, repeats)
+        if "gelu" in sections:
+            res["gelu"] = measure_gelu(bench, rl_batch, repeats)
         cache.clear()
 
     under_bar = [*res.get("rollout", [])]
@@ -712,6 +776,18 @@ def format_table(res: dict[str, Any]) -> str:
             lines.append(
                 f"  {k:<20}{bf[k]['fp32_s'] * 1e3:>10.3f} ms{bf[k]['bf16_s'] * 1e3:>10.3f} ms"
                 f"{bf[k]['speedup']:>8.2f}x"
+            )
+    if "gelu" in res:
+        ge = res["gelu"]
+        lines += [
+            "",
+            f"feed-forward GELU, exact / tanh (student call, batch {ge['batch']}; velocity change"
+            f" at most {ge['max_abs_change_over_std']:.1e} of its std):",
+        ]
+        for k in ("forward", "forward_backward"):
+            lines.append(
+                f"  {k:<20}{ge[k]['tanh_s'] * 1e3:>10.3f} ms{ge[k]['exact_s'] * 1e3:>10.3f} ms"
+                f"{ge[k]['ratio']:>8.2f}x (median pair {ge[k]['ratio_median']:.2f}x)"
             )
     return "\n".join(lines)
 

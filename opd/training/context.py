@@ -73,7 +73,11 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
 
 
 def load_base_model(profile: dict[str, Any]) -> Any:
+    """The profile's base model (``paths.base``), with its feed-forward GELU in the form
+    ``model.ff_gelu`` names when set (the mini profile pretrains in SD3's tanh form and runs
+    every later job in the cheaper exact form; see the README's performance section)."""
     from opd.models import FlowModel
+    from opd.models.base import set_ff_gelu
 
     path = profile["paths"]["base"]
     dtype = getattr(torch, profile["model"].get("dtype", "float32"))
@@ -82,9 +86,12 @@ def load_base_model(profile: dict[str, Any]) -> Any:
         kwargs = dict(profile["model"].get("sd3") or {})
         if profile["model"].get("revision"):
             kwargs["revision"] = profile["model"]["revision"]
-    return FlowModel.from_pretrained(
+    model = FlowModel.from_pretrained(
         path, device=profile.get("device", "cpu"), dtype=dtype, **kwargs
     )
+    if profile["model"].get("ff_gelu"):
+        set_ff_gelu(model.transformer, profile["model"]["ff_gelu"])
+    return model
 
 
 def build_context(

@@ -385,3 +385,19 @@ def test_exact_ff_gelu_is_the_erf_form_and_survives_save_load(batch, tmp_path) -
     assert torch.equal(v_loaded, v_exact) and not torch.equal(v_exact, v_tanh)
     with pytest.raises(ValueError, match="ff_gelu"):
         TinyModelConfig(ff_gelu="fast")
+
+
+def test_profile_ff_gelu_overrides_the_saved_form_on_load(tmp_path) -> None:
+    from diffusers.models.activations import GELU
+
+    from opd.training.context import load_base_model
+
+    tiny().save_pretrained(tmp_path / "base")  # saved in SD3's tanh form
+    forms = {}
+    for setting in (None, "exact", "tanh"):
+        profile = {"paths": {"base": str(tmp_path / "base")}, "model": {"kind": "tiny"}}
+        if setting:
+            profile["model"]["ff_gelu"] = setting
+        model = load_base_model(profile)
+        forms[setting] = {m.approximate for m in model.transformer.modules() if isinstance(m, GELU)}
+    assert forms == {None: {"tanh"}, "exact": {"none"}, "tanh": {"tanh"}}

@@ -43,7 +43,16 @@ def bench_json(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_structure(bench_json: dict) -> None:
     res = bench_json
-    assert {"meta", "acceptance", "rollout", "steps", "comparison", "scaling", "bf16"} <= set(res)
+    assert {
+        "meta",
+        "acceptance",
+        "rollout",
+        "steps",
+        "comparison",
+        "scaling",
+        "bf16",
+        "gelu",
+    } <= set(res)
     assert res["meta"]["quick"] is True and res["meta"]["threads"] == 1
     assert {r["sampler"] for r in res["rollout"]} == SAMPLERS
     assert {s["name"] for s in res["steps"]} == METHODS
@@ -58,6 +67,8 @@ def test_structure(bench_json: dict) -> None:
         points = {r["point"] for r in res["scaling"][axis]}
         assert len(points) >= 2, axis
     assert {"forward", "forward_backward", "matmul_64", "matmul_1024"} <= set(res["bf16"])
+    # the two GELU forms were both in effect: the velocity moved, though by little
+    assert 0 < res["gelu"]["max_abs_change_over_std"] < 0.1
     acc = res["acceptance"]
     assert acc["bar"] == 1.15 and isinstance(acc["passed"], bool)
 
