@@ -27,7 +27,8 @@ process on one thread (``torch.set_num_threads(1)``), and every time is that thr
 4. **bf16 autocast** of the bare student call (forward + backward) against float32, with a
    1024 x 1024 matmul for reference.
 5. **Feed-forward GELU**: the bare student call with SD3's tanh GELU against the exact (erf)
-   form (``model.tiny.ff_gelu``), same weights, alternating.
+   form (``model.ff_gelu`` at run time, ``model.tiny.ff_gelu`` from pretraining on), same
+   weights, alternating.
 
 Model weights are random (a fresh base model of the profile's shape, random LoRA teachers,
 learned scorers trained for one step): costs do not depend on the weights' values. ``--quick``

@@ -122,8 +122,8 @@ class TinyModelConfig:
     vocab_words: tuple[str, ...] = field(default_factory=tuple)
     qk_norm: str | None = None
     #: The feed-forward GELU of the transformer blocks: "tanh" (SD3's ``gelu-approximate``) or
-    #: "exact" (erf). ATen's float tanh is not vectorised on x86 CPUs, so the tanh form costs
-    #: about 3x the exact one there (``benchmarks/step_cost.py`` measures the step).
+    #: "exact" (erf). ATen's float tanh is not vectorised on x86 CPUs, so the tanh GELU costs
+    #: 2-3x the exact one there (``benchmarks/step_cost.py --sections gelu`` times the call).
     ff_gelu: str = "tanh"
 
     def __post_init__(self) -> None:
