@@ -471,18 +471,22 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return min(_clock(fn, None) for _ in range(max(repeats, 1)))
 
 
-def measure_bf16(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
-    """Bare student call (forward + backward, CFG batch) in float32 and under bf16 autocast."""
+def _student_call(
+    bench: Bench, batch: int
+) -> tuple[Any, float, Callable[[bool, bool], Callable[[], torch.Tensor]]]:
+    """The OPD context's model, its CFG scale and ``call(grad, autocast)``: a function making
+    one bare student call (CFG batch of ``batch`` prompts; ``grad``: + backward of the sum;
+    ``autocast``: under bf16 autocast) that returns the detached velocity."""
     ctx, _m = bench.method("opd")
     model = ctx.model
     task = next(iter(ctx.tasks))
     prompts, _meta, _groups = ctx.sample_prompts(task, batch, 0)
     embeds = ctx.embed(prompts)
-    x = torch.randn(model.latent_shape(batch))
+    x = torch.randn(model.latent_shape(batch), generator=torch.Generator().manual_seed(0))
     g = float(bench.profile["sampling"]["guidance"])
 
-    def call(autocast: bool, grad: bool) -> Callable[[], None]:
-        def fn() -> None:
+    def call(grad: bool, autocast: bool = False) -> Callable[[], torch.Tensor]:
+        def fn() -> torch.Tensor:
             with (
                 torch.set_grad_enabled(grad),
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
@@ -490,13 +494,21 @@ def measure_bf16(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
                 v = model.velocity(x, 0.5, embeds, guidance_scale=g, adapter=STUDENT)
                 if grad:
                     v.float().sum().backward()
+            return v.detach()
 
         return fn
 
+    return model, g, call
+
+
+def measure_bf16(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
+    """Bare student call (forward + backward, CFG batch) in float32 and under bf16 autocast."""
+    _model, g, call = _student_call(bench, batch)
+
     out: dict[str, Any] = {"batch": batch, "guidance": g}
     for label, grad in (("forward", False), ("forward_backward", True)):
-        fp32 = _best_of(call(False, grad), repeats)
-        bf16 = _best_of(call(True, grad), repeats)
+        fp32 = _best_of(call(grad, False), repeats)
+        bf16 = _best_of(call(grad, True), repeats)
         out[label] = {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16}
     for n, reps in ((64, 200), (1024, 1)):  # bf16 at 1024 may take seconds where emulated
         a, b = torch.randn(n, n), torch.randn(n, n)
@@ -516,24 +528,9 @@ def measure_gelu(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
     same weights, alternating; and the largest change of the velocity, relative to its scale."""
     from opd.models.base import set_ff_gelu
 
-    ctx, _m = bench.method("opd")
-    model = ctx.model
-    task = next(iter(ctx.tasks))
-    prompts, _meta, _groups = ctx.sample_prompts(task, batch, 0)
-    embeds = ctx.embed(prompts)
-    x = torch.randn(model.latent_shape(batch), generator=torch.Generator().manual_seed(0))
-    g = float(bench.profile["sampling"]["guidance"])
-
-    def call(grad: bool) -> Callable[[], Any]:
-        def fn() -> Any:
-            with torch.set_grad_enabled(grad):
-                v = model.velocity(x, 0.5, embeds, guidance_scale=g, adapter=STUDENT)
-                if grad:
-                    v.sum().backward()
-                return v.detach()
-
-        return fn
-
+    model, g, call = _student_call(bench, batch)
+    mcfg = bench.profile["model"]  # the form the profile runs the model in (load_base_model's)
+    profile_form = mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
     out: dict[str, Any] = {"batch": batch, "guidance": g}
     try:
         for label, grad in (("forward", False), ("forward_backward", True)):
@@ -558,12 +555,9 @@ def measure_gelu(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
         set_ff_gelu(model.transformer, "exact")
         v_exact = call(False)()
         out["max_abs_change_over_std"] = float((v_exact - v_tanh).abs().max() / v_tanh.std())
-    finally:  # back to the form the profile runs the model in (load_base_model's)
-        mcfg = bench.profile["model"]
-        set_ff_gelu(
-            model.transformer, mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
-        )
-    out["profile_form"] = mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
+    finally:
+        set_ff_gelu(model.transformer, profile_form)
+    out["profile_form"] = profile_form
     return out
 
 
