@@ -361,18 +361,13 @@ def evaluate_retrieval(
 # --------------------------------------------------------------------------------------------
 TASTE_ARCH = ArchConfig(thumb=2, lcn=True)
 PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
-    # name: hidden utility of opd.worlds.mini.utilities, seed offset, taste-tower architecture,
-    # optimizer steps. mini-3 (16 px, axis layout; pick / hps held-out): 40k pairs x 1,000
-    # steps 0.901 / 0.894 (training pairs 0.936 / 0.928: too few pairs); 120k x 1,000 0.911 /
-    # 0.903; 120k x 1,500 0.925 / 0.913; hps with 200k x 2,000 0.913, 200k x 1,500 at batch 256
-    # 0.911 (its plateau: edge softness is a sub-pixel feature at 16 px).
-    "pick": {"utility": "pick", "seed_offset": 0, "arch": TASTE_ARCH, "steps": 1500},
+    # name: hidden utility of opd.worlds.mini.utilities, seed offset, taste-tower architecture
+    "pick": {"utility": "pick", "seed_offset": 0, "arch": TASTE_ARCH},
     # hps weighs edge softness heavily: a full-resolution first layer sees edge profiles better.
     "hps": {
         "utility": "hps",
         "seed_offset": 1,
         "arch": dataclasses.replace(TASTE_ARCH, strides=(1, 2, 2)),
-        "steps": 1500,
     },
     # ImageReward analog (held-out metric): another utility, a wider GELU taste tower and head,
     # another seed.
@@ -387,12 +382,8 @@ PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
             head_hidden=96,
             activation="gelu",
         ),
-        "steps": 1000,  # 0.935 held-out at 40k pairs x 1,000 steps
     },
 }
-# Preference pairs rendered once for every preference scorer (the largest n_train of those
-# trained): 120k, three times mini-2's 40k (see above).
-PREFERENCE_PAIRS = 120_000
 CLIP_ARCH = ArchConfig(kind="contrastive")
 CLIP_SEED_OFFSET = 3
 PAIRWISE_BAR = 0.90  # MINI.md property 1
@@ -432,24 +423,17 @@ def world_config(config: Any = None) -> Any:
 
 def scorer_train_config(name: str, config: Any = None) -> TrainConfig:
     """Default hyper-parameters of scorer ``name``, updated by the profile's
-    ``scorer_training.<name>`` mapping (keys of :class:`TrainConfig`; ``arch`` keys nest).
-
-    The default architecture sees images at the world's own resolution (mini-2 upsampled its
-    16 px renders to 24 px: 1.6-2.7x the training time, for held-out gains of at most 0.017 that
-    three times the preference pairs more than make up)."""
-    resolution = world_config(config).resolution
+    ``scorer_training.<name>`` mapping (keys of :class:`TrainConfig`; ``arch`` keys nest)."""
     if name == "clip":
-        arch = dataclasses.replace(CLIP_ARCH, resolution=resolution)
-        cfg = TrainConfig(steps=600, lr=3e-3, n_train=20_000, n_heldout=4_000, arch=arch)
+        cfg = TrainConfig(steps=600, lr=3e-3, n_train=20_000, n_heldout=4_000, arch=CLIP_ARCH)
     elif name in PREFERENCE_SCORERS:
-        spec = PREFERENCE_SCORERS[name]
         cfg = TrainConfig(
-            steps=spec["steps"],
+            steps=1000,
             batch_size=128,
             lr=3e-3,
-            n_train=PREFERENCE_PAIRS,
+            n_train=40_000,
             tune_text=True,
-            arch=dataclasses.replace(spec["arch"], resolution=resolution),
+            arch=PREFERENCE_SCORERS[name]["arch"],
         )
     else:
         known = ", ".join([*PREFERENCE_SCORERS, "clip"])
