@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import numpy as np
 import torch
