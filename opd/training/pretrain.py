@@ -10,7 +10,8 @@ Pretraining can stop after ``stop_at`` steps and save its whole state (weights, 
 learning-rate schedule, EMA, both random generators, losses); a later call with the same
 ``state`` file resumes from it and gives the same weights as an unbroken run on the same thread
 count. The workflow uses this to run the first part beside scorer training on one thread each and
-the rest on both threads once scorer training has ended (``base.split``).
+the rest on both threads once scorer training has ended (``base.split``). With ``base.compile``
+the transformer is compiled in place (:func:`maybe_compile`; eager mode where no compiler works).
 """
 
 from __future__ import annotations
