@@ -1,10 +1,12 @@
 """Summarise Snakemake's per-rule ``benchmark:`` files of one profile into JSON and a table.
 
-Usage: ``python benchmarks/workflow_rules.py --profile mini [--wall SECONDS]``. Reads every
-``benchmarks/<profile>/**/*.tsv`` that the workflow wrote (one per job: wall seconds, peak RSS,
-CPU time), groups them by rule (the first folder under the profile), and writes
-``benchmarks/<profile>_rules.json`` with per-rule totals, the largest peak memory and, when the
-whole run's wall time is given, the parallel efficiency (CPU-seconds of all jobs / cores x wall).
+Usage: ``python benchmarks/workflow_rules.py --profile mini [--wall SECONDS] [--out PATH]``.
+Reads every ``benchmarks/<profile>/**/*.tsv`` that the workflow wrote (one per job: wall seconds,
+peak RSS, CPU time), groups them by rule (the first folder under the profile), and writes a JSON
+with per-rule totals, the largest peak memory and, when the whole run's wall time is given, the
+parallel efficiency (CPU-seconds of all jobs / cores x wall): by default
+``results/<profile>/workflow_rules.json`` beside the run; the kept records
+``benchmarks/<profile>_rules.json`` are written only when ``--out`` names them.
 
 Warm-started jobs (``opd.warmstart``) run in a worker forked from the warm server, which
 Snakemake's sampler does not see: their CPU time and peak memory come from the server's ledger
@@ -70,12 +72,19 @@ def collect(profile: str) -> dict[str, dict[str, float]]:
     return dict(rules)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--wall", type=float, default=None, help="the whole run's wall seconds")
     parser.add_argument("--cores", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON to write (default results/<profile>/workflow_rules.json; pass "
+        "benchmarks/<profile>_rules.json to replace the kept record)",
+    )
+    args = parser.parse_args(argv)
     rules = collect(args.profile)
     total_wall = sum(r["wall_s"] for r in rules.values())
     total_cpu = sum(r["cpu_s"] for r in rules.values())
@@ -89,7 +98,9 @@ def main() -> int:
     if args.wall:
         out["run_wall_s"] = args.wall
         out["parallel_efficiency"] = round(total_cpu / (args.cores * args.wall), 3)
-    (ROOT / f"{args.profile}_rules.json").write_text(json.dumps(out, indent=1) + "\n")
+    path = args.out or ROOT.parent / "results" / args.profile / "workflow_rules.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'rule':16s} {'jobs':>5s} {'warm':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}")
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall_s"]):
         print(

@@ -1,0 +1,43 @@
+"""benchmarks/workflow_rules.py: per-rule sums of Snakemake's benchmark files, written beside the
+run by default so that the kept records under benchmarks/ change only when asked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "workflow_rules", REPO / "benchmarks/workflow_rules.py"
+)
+workflow_rules = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workflow_rules)
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _bench(path: Path, wall: float, rss: float, cpu: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + f"{wall}\t0:00:01\t{rss}\t0\t0\t0\t0\t0\t0\t{cpu}\n")
+
+
+def test_default_output_is_beside_the_run_and_sums_per_rule(tmp_path: Path, monkeypatch) -> None:
+    record = REPO / "benchmarks/mini_rules.json"
+    before = record.read_bytes()
+    bench = tmp_path / "benchmarks"
+    _bench(bench / "mini/world/scorers.tsv", 300.0, 800.0, 290.0)
+    _bench(bench / "mini/world/pretrain.tsv", 200.0, 1000.0, 380.0)
+    _bench(bench / "mini/evals/base.tsv", 5.0, 500.0, 4.5)
+    monkeypatch.setattr(workflow_rules, "ROOT", bench)
+    assert workflow_rules.main(["--profile", "mini", "--wall", "400"]) == 0
+    out = json.loads((tmp_path / "results/mini/workflow_rules.json").read_text())
+    world = out["rules"]["world"]
+    assert (world["jobs"], world["wall_s"], world["cpu_s"]) == (2, 500.0, 670.0)
+    assert world["max_rss_mb"] == 1000.0 and out["rules"]["evals"]["jobs"] == 1
+    assert out["parallel_efficiency"] == round(674.5 / (2 * 400), 3)
+    assert record.read_bytes() == before
+
+    kept = tmp_path / "kept.json"
+    assert workflow_rules.main(["--profile", "mini", "--out", str(kept)]) == 0
+    assert json.loads(kept.read_text())["sum_job_cpu_s"] == 674.5
