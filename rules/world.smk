@@ -117,7 +117,7 @@ rule validate_world:
         ENV
     threads: 1
     params:
-        key=config_key("world", "eval", "benchmarks"),
+        key=config_key("world", "eval", "validation", "benchmarks"),
         out=output_dir,
     shell:
         "opd validate-world --config {input.cfg} --base-eval {input.base_eval}"

@@ -26,3 +26,16 @@ def test_learned_checks_read_the_nested_heldout_figures(tmp_path: Path) -> None:
     assert rows["hps held-out pairwise accuracy"]["passed"] is False  # 0.871 < 0.9
     assert rows["pick held-out pairwise accuracy"]["passed"] is True
     assert rows["clip held-out top-1 of 16"]["value"] == 0.984
+
+
+def test_validation_profile_sets_only_the_prompt_count() -> None:
+    from opd.validation import validation_profile
+
+    profile = {"eval": {"prompts_per_task": 16, "seeds": [1, 2]}, "benchmarks": {}}
+    assert validation_profile(profile) is profile
+    same = {**profile, "validation": {"prompts_per_task": 16}}
+    assert validation_profile(same) is same
+    more = {**profile, "validation": {"prompts_per_task": 96}}
+    out = validation_profile(more)
+    assert out["eval"] == {"prompts_per_task": 96, "seeds": [1, 2]}
+    assert more["eval"]["prompts_per_task"] == 16  # the given profile is not changed
