@@ -188,11 +188,11 @@ def prompt_ceilings(
             prompts, meta = stratified_prompts(*load_prompts(task, "test", profile), n)
             metas = [m for m in meta for _ in range(renders)]
             scenes = layout_scenes([spec_for(m, rng, world) for m in metas], rng, world)
-            cache[task] = (render(scenes, world), [p for p in prompts for _ in range(renders)])
-            cache[task] += (metas, meta)
-        images, prompts_r, metas, meta = cache[task]
+            repeated = [p for p in prompts for _ in range(renders)]
+            cache[task] = (render(scenes, world), repeated, metas, meta)
+        images, repeated, metas, meta = cache[task]
         scorer = build_scorer(spec["scorer"], profile)
-        scores = np.asarray(scorer(images, prompts_r, metas), float)
+        scores = np.asarray(scorer(images, repeated, metas), float)
         best = scores.reshape(len(meta), renders).max(1)
         agg = getattr(scorer, "aggregate", None)
         out[column] = float(agg(best, meta)) if agg else float(best.mean())
