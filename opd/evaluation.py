@@ -71,6 +71,13 @@ def stratified_prompts(
     return [prompts[i] for i in order], [meta[i] for i in order]
 
 
+def column_value(scorer: Any, scores: np.ndarray, meta: list[dict[str, Any]]) -> float:
+    """A benchmark column's value from per-image ``scores``: the scorer's own ``aggregate`` when
+    it has one (compose: the mean of the six sub-task accuracies), else the mean."""
+    aggregate = getattr(scorer, "aggregate", None)
+    return float(aggregate(scores, meta)) if aggregate else float(np.mean(scores))
+
+
 class Evaluator:
     """Holds the test prompts, their embeddings and the scorers of one profile."""
 
@@ -139,8 +146,7 @@ class Evaluator:
                             f"scorer {spec['scorer']!r} (column {column!r}, task {task!r}) "
                             "returned non-finite scores"
                         )
-                    aggregate = getattr(scorer, "aggregate", None)
-                    value = float(aggregate(scores, meta)) if aggregate else float(scores.mean())
+                    value = column_value(scorer, scores, meta)
                     rows.append(
                         {
                             "column": column,

@@ -145,6 +145,7 @@ def base_checks(
 def ceiling_values(profile: dict[str, Any], n: int = 64, seed: int = 7) -> dict[str, float]:
     """Each column's ceiling for Table 1's Average (``world_bounds.json``): its mean score on
     clean renders of ``n`` prompts of its set (property 2 uses :func:`prompt_ceilings`)."""
+    from opd.evaluation import column_value
     from opd.training.context import build_scorer
     from opd.worlds.mini import WorldConfig, sample_scenes
 
@@ -157,9 +158,7 @@ def ceiling_values(profile: dict[str, Any], n: int = 64, seed: int = 7) -> dict[
             cache[task] = sample_scenes(task, n, seed=seed, split="test", config=world)
         images, prompts, meta = cache[task]
         scorer = build_scorer(spec["scorer"], profile)
-        scores = np.asarray(scorer(images, prompts, meta), float)
-        agg = getattr(scorer, "aggregate", None)
-        out[column] = float(agg(scores, meta)) if agg else float(scores.mean())
+        out[column] = column_value(scorer, np.asarray(scorer(images, prompts, meta), float), meta)
     return out
 
 
@@ -172,7 +171,7 @@ def prompt_ceilings(
     """Each column's ceiling on the profile's evaluation prompts (the ``eval.prompts_per_task``
     test prompts the base is scored on): per prompt the best score among ``renders`` clean
     renders (independent layouts and styles), aggregated over the prompts as the column is."""
-    from opd.evaluation import stratified_prompts
+    from opd.evaluation import column_value, stratified_prompts
     from opd.training.context import build_scorer, load_prompts
     from opd.worlds.mini import WorldConfig, layout_scenes, render
     from opd.worlds.mini.prompts import spec_for
@@ -193,9 +192,7 @@ def prompt_ceilings(
         images, repeated, metas, meta = cache[task]
         scorer = build_scorer(spec["scorer"], profile)
         scores = np.asarray(scorer(images, repeated, metas), float)
-        best = scores.reshape(len(meta), renders).max(1)
-        agg = getattr(scorer, "aggregate", None)
-        out[column] = float(agg(best, meta)) if agg else float(best.mean())
+        out[column] = column_value(scorer, scores.reshape(len(meta), renders).max(1), meta)
     return out
 
 
