@@ -269,11 +269,18 @@ def load_prompt_set(
 def load_prompt_file(
     source: dict[str, Any], split: str, profile: dict[str, Any]
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """A task's prompts for ``split`` (``train`` / ``test``) from its ``prompts`` section.
+    """A task's prompts for ``split`` (``train`` / ``validation`` / ``test``) from its
+    ``prompts`` section.
 
     ``source`` is ``{source: paper, train: <set>, test: <set>}``; a single ``set: <name>``
-    serves both splits.
+    serves both of those. ``validation`` must be named (``validation: <set>``): the paper's
+    prompt sets have no validation split, and tuning on the test set would not be one.
     """
+    if split == "validation" and not source.get("validation"):
+        raise KeyError(
+            f"prompt source {source} names no validation set: the paper's prompt sets have "
+            "none; add `validation: <set>` (e.g. a held-out part of the training prompts)"
+        )
     name = source.get(split) or source.get("set")
     if not name:
         raise KeyError(f"prompt source {source} names no set for split {split!r}")

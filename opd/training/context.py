@@ -60,7 +60,8 @@ def build_scorer(name: str, profile: dict[str, Any]) -> Any:
 
 
 def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[str], list[dict]]:
-    """Prompts and metadata of ``task`` (``train`` or ``test``) for the profile's world."""
+    """Prompts and metadata of ``task``'s ``split`` (``train``, ``validation``, ``test``): the
+    profile's mini world (validation needs its sizes in ``world.params``) or prompt files."""
     source = profile["tasks"][task].get("prompts", {"source": "mini"})
     if source.get("source", "mini") == "mini":
         from opd.worlds.mini import WorldConfig, prompt_set

@@ -39,13 +39,12 @@ def tokenize_words(text: str) -> list[str]:
 
 def world_vocabulary(world: Any, captions: list[str]) -> list[str]:
     """Every token of the captions and of every task's prompt sets, sorted."""
-    from opd.worlds.mini import prompt_set
+    from opd.worlds.mini import TASKS, all_prompts
 
     words: set[str] = set()
     texts = list(captions)
-    for task in ("composition", "text", "aesthetics"):
-        for split in ("train", "test"):
-            texts += prompt_set(task, split, world)[0]
+    for task in TASKS:  # every split's prompts, validation included
+        texts += all_prompts(task, world)
     for text in texts:
         words.update(tokenize_words(text))
     return sorted(words)

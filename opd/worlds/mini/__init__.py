@@ -7,7 +7,8 @@ Public API (every function takes an optional :class:`WorldConfig`; default 24 px
   (``task`` in ``TASKS``), balanced over the six GenEval tags for ``composition``.
 - ``generate(task, n, seed, split="test", config=None, shuffle=None)
   -> (SceneBatch, prompts, metadata)``: the same scenes before rendering (full ground truth).
-- ``prompt_set(task, split, config) -> (prompts, metadata)``: a whole prompt set.
+- ``prompt_set(task, split, config) -> (prompts, metadata)``: a whole prompt set (splits
+  ``train``, ``validation``, ``test``); ``all_prompts(task, config)``: every split's prompts.
 - ``render(scenes, config) -> images``: scenes as a :class:`SceneBatch` or a list of
   :class:`Scene` records (objects with class, colour, centre, size; text; style).
 - ``build_corpus(n, seed, config) -> (images, captions)``: pretraining pairs with alt-text-like
@@ -29,6 +30,7 @@ from opd.worlds.mini.prompts import (
     COMPOSITION_TAGS,
     SPLITS,
     TASKS,
+    all_prompts,
     choose_prompts,
     describe,
     parse_prompt,
@@ -117,6 +119,7 @@ __all__ = [
     "Style",
     "TextLine",
     "WorldConfig",
+    "all_prompts",
     "build_corpus",
     "corpus_scenes",
     "describe",

@@ -32,8 +32,8 @@ from opd.worlds.mini.prompts import (
     TASKS,
     TEXT_TEMPLATES,
     _a,
+    all_prompts,
     plural,
-    prompt_set,
 )
 from opd.worlds.mini.render import render
 from opd.worlds.mini.scenes import (
@@ -239,8 +239,7 @@ def vocabulary(config: WorldConfig | None = None) -> list[str]:
         list(GENERIC_CAPTIONS) + list(GENERIC_SUBJECTS) + ["a sign with some text next to some"]
     )
     for task in TASKS:
-        for split in ("train", "test"):
-            texts.extend(prompt_set(task, split, cfg)[0])
+        texts.extend(all_prompts(task, cfg))
     texts.extend(AESTHETIC_TEMPLATES)
     texts.extend(COUNT_WORDS[k] for k in range(2, cfg.max_count + 1))
     texts.extend(cfg.color_names)

@@ -20,6 +20,16 @@ phrasing; ``holdout="phrasing"`` keeps the content's other phrasings in train (f
 GenEval situation, same classes in train and test), ``holdout="content"`` removes the content from
 train entirely (text of length 2 and 3: unseen strings, as OCR test sets). Train and test never
 share a prompt string.
+
+The ``validation`` split (for tuning world, reward and budget choices; Table 1 stays on test) is
+made the same way from what would otherwise be train, so test never changes with it: it takes
+the contents that follow the test ones in hash order, one phrasing each; under ``"content"``
+holdout those contents leave train entirely (validation strings are unseen and disjoint from
+test's), under ``"phrasing"`` their other phrasings stay in train and, once the fresh contents
+run out, test contents are taken again in a phrasing other than their test one (the few-content
+tags, like GenEval's). Its sizes (``WorldConfig.validation_per_tag``,
+``text_validation_per_length``, ``aesthetics_validation_size``) default to 0: no validation
+split, train exactly as before.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import numpy as np
 from opd.worlds.mini.scenes import DEFAULT_CONFIG, RELATIONS, SceneSpec, WorldConfig
 
 TASKS: tuple[str, ...] = ("composition", "text", "aesthetics")
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
 COMPOSITION_TAGS: tuple[str, ...] = (
     "single_object",
     "two_object",
@@ -161,51 +171,80 @@ def _split(
     render: Sequence[str],
     test_count: int,
     holdout: str,
+    validation_count: int = 0,
 ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Split contents x phrasings (``render[j].format(phrase)``) into train and test prompts."""
+    """Split contents x phrasings (``render[j].format(phrase)``) into train, validation and test
+    prompts (the module docstring's rules; test depends on ``test_count`` alone)."""
     keyed = sorted(contents, key=lambda c: (stable_hash(c[0]), c[0]))
-    test_keys = {c[0] for c in keyed[: min(test_count, len(keyed))]}
-    train: list[tuple[str, dict[str, Any]]] = []
-    test: list[tuple[str, dict[str, Any]]] = []
+    n_test = min(test_count, len(keyed))
+    test_keys = {c[0] for c in keyed[:n_test]}
+    # Validation: the contents after the test ones, then (phrasing holdout, at least two
+    # phrasings) the test contents again in another phrasing.
+    candidates = [c[0] for c in keyed[n_test:]]
+    if holdout == "phrasing" and len(render) > 1:
+        candidates += [c[0] for c in keyed[:n_test]]
+    val_phrasing: dict[str, int] = {}
+    for phrase in candidates[: max(validation_count, 0)]:
+        j = stable_hash(phrase) % len(render)
+        if phrase in test_keys:  # any phrasing but the test one
+            j = (j + 1 + stable_hash(f"validation:{phrase}") % (len(render) - 1)) % len(render)
+        val_phrasing[phrase] = j
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SPLITS}
     for phrase, meta in keyed:
         h = stable_hash(phrase)
+        held_out = phrase in test_keys or phrase in val_phrasing
         for j, tmpl in enumerate(render):
             prompt = tmpl.format(phrase)
             item = (prompt, {**meta, "prompt": prompt})
-            is_test_phrasing = j == h % len(render)
-            if phrase in test_keys and is_test_phrasing:
-                test.append(item)
-            elif phrase not in test_keys or holdout == "phrasing":
-                train.append(item)
-    return {"train": train, "test": test}
+            if phrase in test_keys and j == h % len(render):
+                out["test"].append(item)
+            elif val_phrasing.get(phrase) == j:
+                out["validation"].append(item)
+            elif not held_out or holdout == "phrasing":
+                out["train"].append(item)
+    return out
+
+
+def _per_length(sizes: Sequence[int], length: int) -> int:
+    """The size for text of ``length`` (the last entry serves longer texts)."""
+    return int(sizes[min(length, len(sizes)) - 1])
 
 
 @cache
 def _all_sets(cfg: WorldConfig) -> dict[str, dict[str, list[tuple[str, dict[str, Any]]]]]:
     comp_render = [f"{t} {{}}" for t in cfg.templates]
     sets: dict[str, dict[str, list[tuple[str, dict[str, Any]]]]] = {}
-    comp = {"train": [], "test": []}
+    comp: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SPLITS}
     for tag, contents in _composition_contents(cfg).items():
         meta = [(p, {"task": "composition", "tag": tag, **m}) for p, m in contents]
-        part = _split(meta, comp_render, cfg.test_per_tag, "phrasing")
+        part = _split(meta, comp_render, cfg.test_per_tag, "phrasing", cfg.validation_per_tag)
         for k in comp:
             comp[k].extend(part[k])
     sets["composition"] = comp
 
-    text = {"train": [], "test": []}
+    text: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SPLITS}
     for length in range(1, cfg.max_text_len + 1):
         strings = ["".join(p) for p in itertools.product(cfg.alphabet, repeat=length)]
         contents = [(s, {"task": "text", "tag": f"len{length}", "text": s}) for s in strings]
-        n_test = cfg.text_test_per_length[min(length, len(cfg.text_test_per_length)) - 1]
+        n_test = _per_length(cfg.text_test_per_length, length)
+        n_val = _per_length(cfg.text_validation_per_length, length)
         holdout = "phrasing" if n_test >= len(strings) else "content"
-        part = _split(contents, TEXT_TEMPLATES, n_test, holdout)
+        part = _split(contents, TEXT_TEMPLATES, n_test, holdout, n_val)
         for k in text:
             text[k].extend(part[k])
     sets["text"] = text
 
     aes = [(p, {"task": "aesthetics", **m}) for p, m in _aesthetic_contents(cfg)]
-    sets["aesthetics"] = _split(aes, AESTHETIC_TEMPLATES, cfg.aesthetics_test_size, "phrasing")
-    for task in sets.values():
+    sets["aesthetics"] = _split(
+        aes,
+        AESTHETIC_TEMPLATES,
+        cfg.aesthetics_test_size,
+        "phrasing",
+        cfg.aesthetics_validation_size,
+    )
+    for name, task in sets.items():
+        if not task["train"]:
+            raise ValueError(f"the {name} prompt set has no train prompts left (validation sizes)")
         for items in task.values():
             for _, m in items:
                 m.setdefault("tag", "")
@@ -222,7 +261,19 @@ def prompt_set(
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     items = _all_sets(config or DEFAULT_CONFIG)[task][split]
+    if not items and split == "validation":  # its sizes default to 0
+        raise ValueError(
+            f"the world has no {split} prompts for {task!r}: set world.params "
+            "validation_per_tag, text_validation_per_length, aesthetics_validation_size"
+        )
     return [p for p, _ in items], [_copy(m) for _, m in items]
+
+
+def all_prompts(task: str, config: WorldConfig | None = None) -> list[str]:
+    """Every prompt of ``task`` over all splits (empty ones included): what a vocabulary must
+    cover."""
+    sets = _all_sets(config or DEFAULT_CONFIG)[task]
+    return [p for split in SPLITS for p, _ in sets[split]]
 
 
 def _copy(meta: dict[str, Any]) -> dict[str, Any]:

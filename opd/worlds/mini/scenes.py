@@ -88,6 +88,11 @@ class WorldConfig:
     test_per_tag: int = 64
     text_test_per_length: tuple[int, ...] = (8, 32, 64)
     aesthetics_test_size: int = 64
+    # Validation split, taken from what would be train (test unchanged; prompts.py): contents
+    # per tag, per text length (the last entry serves longer texts), in all. 0: no split.
+    validation_per_tag: int = 0
+    text_validation_per_length: tuple[int, ...] = (0,)
+    aesthetics_validation_size: int = 0
     # Pretraining corpus.
     corpus_size: int = 50_000
     corpus_mix: tuple[tuple[str, float], ...] = (
@@ -119,6 +124,11 @@ class WorldConfig:
             )
         if max(self.counting_counts) > self.max_count:
             raise ValueError("counting_counts exceed max_count")
+        sizes = (self.validation_per_tag, self.aesthetics_validation_size)
+        if min(sizes + tuple(self.text_validation_per_length)) < 0 or not (
+            self.text_validation_per_length
+        ):
+            raise ValueError("validation sizes must be >= 0 (text: one or more entries)")
         if self.relation_layout not in ("axis", "shrink"):
             raise ValueError(
                 f"relation_layout must be 'axis' or 'shrink', got {self.relation_layout!r}"
