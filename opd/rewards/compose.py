@@ -32,7 +32,13 @@ Scoring follows GenEval's ``evaluate`` (include clauses AND-ed, exclude clauses 
 The reported metric is strict (1 if every clause holds, else 0) and ``compose_overall`` is the
 mean over the six tags of their accuracies. The training reward ``compose_partial`` is the
 fraction of clauses (include and exclude) that hold, the partial credit of Flow-GRPO's GenEval
-reward.
+reward. Its exclude clauses hold trivially on an image with nothing in it, so a blank image
+earns 0.5 on every prompt (each include clause has its exclude clause here). With
+``exclude_credit="guarded"`` (the scorer ``compose_partial_guarded``) an exclude clause earns its
+credit only when the include clauses of its class hold, i.e. when the count it caps is reached:
+an exclude clause is what makes that count exact, and "no more than n" says nothing until there
+are n. A blank image then scores 0, a clean render still 1, one object too many
+1 - 1 / (number of clauses); the strict score is the same either way.
 """
 
 from __future__ import annotations
@@ -328,6 +334,18 @@ def evaluate_clauses(objects: dict[str, list[Detection]], metadata: dict[str, An
     return results
 
 
+def guard_excludes(results: Sequence[bool], clauses: dict[str, Any]) -> list[bool]:
+    """``results`` of :func:`evaluate_clauses` with each exclude clause counted only when the
+    include clauses of its class hold (all include clauses when none has its class)."""
+    includes = clauses.get("include", [])
+    found = list(results[: len(includes)])
+    out = list(found)
+    for req, ok in zip(clauses.get("exclude", []), results[len(includes) :], strict=True):
+        guards = [f for c, f in zip(includes, found, strict=True) if c["class"] == req["class"]]
+        out.append(bool(ok) and all(guards or found))
+    return out
+
+
 def _clauses(prompt: str, meta: dict[str, Any] | None, cfg: WorldConfig) -> dict[str, Any]:
     meta = meta or {}
     if "include" in meta:
@@ -343,13 +361,22 @@ def _clauses(prompt: str, meta: dict[str, Any] | None, cfg: WorldConfig) -> dict
 
 class ComposeScorer:
     """``(images, prompts, metadata) -> (N,)``: strict GenEval correctness (0/1), or the
-    fraction of satisfied clauses when ``partial``."""
+    fraction of satisfied clauses when ``partial``, exclude clauses credited always
+    (``exclude_credit="free"``) or only once their class's include clauses hold
+    (``"guarded"``; see the module docstring)."""
 
     def __init__(
-        self, config: WorldConfig | None = None, partial: bool = False, **detector_kw: Any
+        self,
+        config: WorldConfig | None = None,
+        partial: bool = False,
+        exclude_credit: str = "free",
+        **detector_kw: Any,
     ) -> None:
+        if exclude_credit not in ("free", "guarded"):
+            raise ValueError(f"exclude_credit must be 'free' or 'guarded', got {exclude_credit!r}")
         self.config = config or DEFAULT_CONFIG
         self.partial = partial
+        self.exclude_credit = exclude_credit
         self.detector = ComposeDetector(self.config, **detector_kw)
 
     def __call__(
@@ -367,7 +394,10 @@ class ComposeScorer:
         detections = self.detector.detect(images)
         out = np.zeros(n, np.float32)
         for i in range(n):
-            res = evaluate_clauses(detections[i], _clauses(prompts[i], metas[i], self.config))
+            clauses = _clauses(prompts[i], metas[i], self.config)
+            res = evaluate_clauses(detections[i], clauses)
+            if self.partial and self.exclude_credit == "guarded":
+                res = guard_excludes(res, clauses)
             out[i] = (sum(res) / len(res) if res else 1.0) if self.partial else float(all(res))
         return out
 
@@ -405,6 +435,15 @@ def make_compose_partial(config: WorldConfig | None = None, **kw: Any) -> Callab
     return ComposeScorer(config, partial=True, **kw)
 
 
+@SCORERS.register("compose_partial_guarded")
+def make_compose_partial_guarded(
+    config: WorldConfig | None = None, **kw: Any
+) -> Callable[..., np.ndarray]:
+    """``compose_partial`` whose exclude clauses earn credit only once the include clauses of
+    their class hold: a blank image scores 0, not 0.5."""
+    return ComposeScorer(config, partial=True, exclude_credit="guarded", **kw)
+
+
 __all__ = [
     "ComposeDetector",
     "ComposeScorer",
@@ -412,7 +451,9 @@ __all__ = [
     "compose_by_tag",
     "compose_overall",
     "evaluate_clauses",
+    "guard_excludes",
     "make_compose",
     "make_compose_partial",
+    "make_compose_partial_guarded",
     "relative_position",
 ]

@@ -226,3 +226,81 @@ def test_scorers_survive_mild_noise_and_blank_images(compose, reader_score):
     assert compose(blank, prompts[:6], metas[:6]).sum() == 0
     assert reader_score(blank, ['a sign that says "A"'] * 6, None).sum() == 0
     assert compose(blank[:0], [], []).shape == (0,)
+
+
+# ---- compose_partial_guarded: exclude clauses credited once their count is reached ----------
+def test_guarded_partial_credit_on_hand_built_scenes(compose):
+    blank = Scene(objects=(), text=None, style=_style(), resolution=24)
+    cases = [  # (scene, prompt, free credit, guarded credit), counted by hand below
+        # include circle holds, exclude "2 circles" holds: 2/2 either way.
+        (_scene(("circle", "red", 7, 7)), "a photo of a circle", 1.0, 1.0),
+        # Nothing drawn: the include fails, the exclude holds (free) but guards nothing.
+        (blank, "a photo of a circle", 1 / 2, 0.0),
+        # One asked, two drawn: include holds, exclude fails: 1/2 either way.
+        (
+            _scene(("circle", "red", 7, 7), ("circle", "green", 17, 17)),
+            "a photo of a circle",
+            1 / 2,
+            1 / 2,
+        ),
+        # Circle but no square: includes T, F; excludes T, T (free) or T, F (guarded).
+        (
+            _scene(("circle", "red", 7, 7)),
+            "a photo of a circle and a square",
+            3 / 4,
+            2 / 4,
+        ),
+        # Blue circle for a red one: includes F, T; excludes T, T (free) or F, T (guarded).
+        (
+            _scene(("circle", "blue", 7, 7), ("square", "blue", 17, 17)),
+            "a photo of a red circle and a blue square",
+            3 / 4,
+            2 / 4,
+        ),
+        (blank, "a photo of three triangles", 1 / 2, 0.0),
+        (blank, "a photo of a red circle and a blue square", 2 / 4, 0.0),
+    ]
+    scenes, prompts, free, guarded = (list(c) for c in zip(*cases, strict=True))
+    metas = [W.parse_prompt(p) for p in prompts]
+    images = W.render(scenes)
+    got_free = get_scorer("compose_partial")(images, prompts, metas)
+    got_guarded = get_scorer("compose_partial_guarded")(images, prompts, metas)
+    np.testing.assert_allclose(got_free, free, atol=1e-6)
+    np.testing.assert_allclose(got_guarded, guarded, atol=1e-6)
+    # The strict score does not depend on how exclude clauses are credited.
+    assert compose(images, prompts, metas).tolist() == [1, 0, 0, 0, 0, 0, 0]
+
+
+def test_guard_excludes_by_hand():
+    from opd.rewards.compose import guard_excludes
+
+    two = {
+        "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 2}],
+        "exclude": [{"class": "square", "count": 3}, {"class": "circle", "count": 2}],
+    }
+    # Excludes follow the include of their own class, whatever the order.
+    assert guard_excludes([True, False, True, True], two) == [True, False, False, True]
+    assert guard_excludes([False, True, True, True], two) == [False, True, True, False]
+    assert guard_excludes([True, True, False, True], two) == [True, True, False, True]
+    # An exclude clause of a class no include names is guarded by all include clauses.
+    lone = {
+        "include": [{"class": "circle", "count": 1}],
+        "exclude": [{"class": "cross", "count": 1}],
+    }
+    assert guard_excludes([False, True], lone) == [False, False]
+    assert guard_excludes([True, True], lone) == [True, True]
+    with pytest.raises(ValueError, match="exclude_credit"):
+        get_scorer("compose_partial", exclude_credit="never")
+
+
+def test_guarded_credit_on_clean_renders_and_wrong_pairings():
+    images, prompts, metas = W.sample_scenes("composition", 120, seed=3)
+    free, guarded = get_scorer("compose_partial"), get_scorer("compose_partial_guarded")
+    strict = get_scorer("compose")(images, prompts, metas)
+    g = guarded(images, prompts, metas)
+    assert strict.mean() > 0.9 and np.all(g[strict == 1] == 1)
+    perm = _derangement(len(images))
+    wrong = ([prompts[i] for i in perm], [metas[i] for i in perm])
+    f_wrong, g_wrong = free(images, *wrong), guarded(images, *wrong)
+    # Guarding only removes credit, and removes some on wrong pairings.
+    assert np.all(g_wrong <= f_wrong + 1e-6) and g_wrong.mean() < f_wrong.mean()
