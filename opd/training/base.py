@@ -89,6 +89,28 @@ def window_steps(
     return list(range(start, start + window))
 
 
+PROMPT_SAMPLING = ("uniform", "stratified")
+
+
+def stratified_draw(tags: Sequence[Any], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``tags`` balanced over its distinct values, as evaluation balances
+    prompts over tags: the k distinct tags take the n slots in a random order, cyclically (each
+    gets n // k or one more; every tag equally likely over draws), and each slot a prompt of
+    its tag drawn at random (without replacement while the tag has enough)."""
+    groups: dict[Any, list[int]] = {}
+    for i, tag in enumerate(tags):
+        groups.setdefault(tag, []).append(i)
+    members = list(groups.values())
+    slot_group = rng.permutation(len(members))[np.arange(n) % len(members)]
+    idx = np.empty(n, dtype=np.int64)
+    for g, group in enumerate(members):
+        slots = np.nonzero(slot_group == g)[0]
+        if slots.size:
+            pick = rng.choice(len(group), size=slots.size, replace=len(group) < slots.size)
+            idx[slots] = np.asarray(group)[pick]
+    return idx
+
+
 @dataclasses.dataclass
 class TaskData:
     """One task's prompt set and training reward."""
@@ -118,13 +140,21 @@ class RunContext:
     def sample_prompts(
         self, task: str, n: int, iteration: int, repeat: int = 1
     ) -> tuple[list[str], list[dict], np.ndarray]:
-        """``n`` training prompts of ``task`` keyed by (seed, iteration, task), each repeated.
+        """``n`` training prompts of ``task`` keyed by (seed, iteration, task), each repeated:
+        uniform over the train set, or with the profile's ``sampling.prompt_sampling:
+        stratified`` balanced over the metadata tags (:func:`stratified_draw`).
 
         Returns prompts, metadata and the group id of each sample (for group advantages).
         """
         data = self.tasks[task]
         rng = np.random.default_rng(keyed_seed(self.seed, iteration, task, "prompts"))
-        idx = rng.choice(len(data.prompts), size=n, replace=len(data.prompts) < n)
+        mode = (self.profile.get("sampling") or {}).get("prompt_sampling", "uniform")
+        if mode not in PROMPT_SAMPLING:
+            raise ValueError(f"sampling.prompt_sampling must be one of {PROMPT_SAMPLING}: {mode!r}")
+        if mode == "stratified":
+            idx = stratified_draw([m.get("tag", "") for m in data.metadata], n, rng)
+        else:
+            idx = rng.choice(len(data.prompts), size=n, replace=len(data.prompts) < n)
         idx = np.repeat(idx, repeat)
         groups = np.repeat(np.arange(n), repeat)
         return [data.prompts[i] for i in idx], [data.metadata[i] for i in idx], groups
