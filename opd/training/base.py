@@ -48,6 +48,10 @@ class MethodConfig:
     window_every: int = 1
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    # "matched": train on a no-signal control of each task's reward (0/1 draws at the real
+    # reward's batch mean: opd.training.context.MatchedControl), to calibrate what a 0/1 reward's
+    # advantages do without information. None: the real reward.
+    reward_control: str | None = None
 
     def validate(self) -> None:
         for name in ("steps", "prompts_per_task", "checkpoint_every", "ema_every"):
@@ -65,6 +69,8 @@ class MethodConfig:
             raise ValueError(f"window_mode must be 'slide' or 'random', got {self.window_mode!r}")
         if self.window_every < 1:
             raise ValueError(f"window_every must be >= 1, got {self.window_every}")
+        if self.reward_control not in (None, "matched"):
+            raise ValueError(f"reward_control must be 'matched' or null: {self.reward_control!r}")
 
 
 def keyed_seed(*parts: int | str) -> int:

@@ -8,6 +8,7 @@ backbone, as the paper does.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from opd.training.base import RunContext, TaskData
+from opd.training.base import RunContext, TaskData, keyed_seed
 from opd.training.compute import ComputeCounter
 
 Reward = Callable[[np.ndarray, list[str], list[dict]], np.ndarray]
 
 
-def make_reward(mix: dict[str, float], profile: dict[str, Any]) -> Reward:
-    """A weighted sum of registered scorers, each built once with the profile's weights dir."""
+def make_reward(
+    mix: dict[str, float],
+    profile: dict[str, Any],
+    control: str | None = None,
+    seed: int | str = 0,
+) -> Reward:
+    """A weighted sum of registered scorers, each built once with the profile's weights dir;
+    with ``control="matched"``, its :class:`MatchedControl` keyed by ``seed``."""
+    if control not in (None, "matched"):
+        raise ValueError(f"reward control must be 'matched' or None, got {control!r}")
     from opd.rewards import get_scorer
 
     scorers = {name: (float(w), build_scorer(name, profile)) for name, w in mix.items()}
@@ -37,7 +46,34 @@ def make_reward(mix: dict[str, float], profile: dict[str, Any]) -> Reward:
         return total
 
     del get_scorer
-    return reward
+    return MatchedControl(reward, seed) if control == "matched" else reward
+
+
+class MatchedControl:
+    """A no-signal control of a reward with values in [0, 1]: per call, 0/1 draws at the real
+    reward's mean over the batch.
+
+    Its advantages have the sizes of a 0/1 reward's at the real success rate but say nothing
+    about which sample was better: within a batch the draws are independent of the real
+    values (across batches they follow the batch mean, as the real rate moves). The draws are
+    keyed by ``seed`` and the batch's content (prompts and real values), not by a call counter,
+    so a resumed run repeats an unbroken one."""
+
+    def __init__(self, reward: Reward, seed: int | str = 0) -> None:
+        self.reward = reward
+        self.seed = seed
+
+    def __call__(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+        real = np.asarray(self.reward(images, prompts, metadata), dtype=np.float64)
+        if real.size and (real.min() < -1e-6 or real.max() > 1 + 1e-6):
+            raise ValueError(
+                "reward_control: matched needs a reward in [0, 1], got values in "
+                f"[{real.min():.3g}, {real.max():.3g}]"
+            )
+        rate = float(np.clip(real.mean(), 0.0, 1.0)) if real.size else 0.0
+        batch = hashlib.blake2b("\0".join(prompts).encode() + real.tobytes(), digest_size=8)
+        rng = np.random.default_rng(keyed_seed(self.seed, "reward_control", batch.hexdigest()))
+        return (rng.random(real.shape) < rate).astype(np.float64)
 
 
 def build_scorer(name: str, profile: dict[str, Any]) -> Any:
@@ -101,6 +137,7 @@ def build_context(
     compute: ComputeCounter,
     teachers: dict[str, Path],
     model: Any | None = None,
+    reward_control: str | None = None,
 ) -> RunContext:
     model = model if model is not None else load_base_model(profile)
     tasks: dict[str, TaskData] = {}
@@ -110,7 +147,7 @@ def build_context(
             name=name,
             prompts=prompts,
             metadata=metadata,
-            reward=make_reward(spec["reward"], profile),
+            reward=make_reward(spec["reward"], profile, reward_control, f"{seed}/{name}"),
             teacher_guidance=float(spec["teacher"].get("guidance", 1.0)),
         )
     ctx = RunContext(model=model, profile=profile, seed=seed, tasks=tasks, compute=compute)

@@ -226,7 +226,9 @@ def train_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     compute = ComputeCounter()
     rank, world_size = init_distributed()  # first: it picks this process's GPU
-    ctx: RunContext = build_context(profile, seed, compute, teachers or {})
+    ctx: RunContext = build_context(
+        profile, seed, compute, teachers or {}, reward_control=cfg.reward_control
+    )
     ctx.rank, ctx.world_size = rank, world_size
     is_main = ctx.rank == 0
     torch.manual_seed(keyed_seed(seed, run, "init"))
