@@ -63,3 +63,15 @@ class WeightedSumRL(GRPOGuard):
             )
             total = total + self.cfg.weights.get(name, 0.0) * adv
         return total
+
+    def kept_mask(self, batch):
+        """``drop_constant_groups``: the summed reward's non-constant groups; with
+        ``normalize_then_sum``, those where any one reward varies (its advantages are not 0)."""
+        if self.cfg.mode == "sum_then_normalize":
+            return super().kept_mask(batch)
+        masks = [
+            obj.nonconstant_group_mask(torch.as_tensor(r), batch.groups)
+            for name, r in self._parts.items()
+            if self.cfg.weights.get(name, 0.0) != 0
+        ]
+        return torch.stack(masks).any(0) if masks else super().kept_mask(batch)

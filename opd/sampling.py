@@ -722,6 +722,7 @@ def rollout(
     record: bool = True,
     device: torch.device | str | None = None,
     callback: Callable[[int, Tensor], None] | None = None,
+    final_sampler: Sampler | str | None = None,
 ) -> Trajectory:
     """Walk ``grid`` from ``t_0 = 1`` to ``t_N = 0`` with ``sampler`` and record the trajectory.
 
@@ -733,9 +734,14 @@ def rollout(
     grid times as Python floats (its coefficients are then cached across steps and rollouts,
     with the same values as for (B,) tensors). Runs under ``torch.no_grad()``
     unless ``grad=True``. ``callback(j, x_next)`` is called after every step. ``device``
-    defaults to ``x_init``'s device, else the CPU.
+    defaults to ``x_init``'s device, else the CPU. ``final_sampler`` (e.g. ``"ode"``) takes
+    the last step ``t_{N-1} -> 0`` instead of ``sampler`` (it gets the multistep state; noise is
+    drawn only if it is stochastic): the earlier states are those of ``sampler`` alone, bit for
+    bit, and a deterministic last step records std 0 and a NaN log-prob. :func:`replay` knows
+    nothing of it: do not replay the last step of such a trajectory with ``sampler``.
     """
     sampler = _resolve_sampler(sampler)
+    last = sampler if final_sampler is None else _resolve_sampler(final_sampler)
     ids = torch.as_tensor(_ids_list(sample_ids), dtype=torch.long)
     shape = (int(ids.shape[0]), *(int(s) for s in shape))
     if grid.dim() != 1 or grid.shape[0] < 2:
@@ -759,10 +765,11 @@ def rollout(
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for j in range(n):
             v = velocity_fn(x, grid[j].expand(b))
+            step = last if j == n - 1 else sampler
             noise = None
-            if sampler.stochastic:
+            if step.stochastic:
                 noise = step_noise(seed, j, ids, shape[1:], device=device, dtype=x.dtype)
-            out, state = sampler.step(x, v, times[j], times[j + 1], noise=noise, state=state)
+            out, state = step.step(x, v, times[j], times[j + 1], noise=noise, state=state)
             x = out.prev_sample
             if record:
                 states.append(x)

@@ -52,6 +52,11 @@ class MethodConfig:
     # reward's batch mean: opd.training.context.MatchedControl), to calibrate what a 0/1 reward's
     # advantages do without information. None: the real reward.
     reward_control: str | None = None
+    # The rollouts' last step t_{N-1} -> 0 (the largest, never trained): "sde" takes it with the
+    # method's sampler like every other step; "ode" takes the Euler step x - h v (its mean, no
+    # noise), so no per-pixel noise of that step lands in the clean sample and its reward.
+    # Deterministic samplers (NFT's dpm2m, the ODE) give the same last state either way.
+    final_step: str = "sde"
 
     def validate(self) -> None:
         for name in ("steps", "prompts_per_task", "checkpoint_every", "ema_every"):
@@ -71,6 +76,8 @@ class MethodConfig:
             raise ValueError(f"window_every must be >= 1, got {self.window_every}")
         if self.reward_control not in (None, "matched"):
             raise ValueError(f"reward_control must be 'matched' or null: {self.reward_control!r}")
+        if self.final_step not in ("sde", "ode"):
+            raise ValueError(f"final_step must be 'sde' or 'ode', got {self.final_step!r}")
 
 
 def keyed_seed(*parts: int | str) -> int:
@@ -192,6 +199,11 @@ class Method:
         sampling = ctx.profile["sampling"]
         self.num_steps = cfg.num_steps or int(sampling["num_steps"])
         self.train_steps = cfg.train_steps or max(self.num_steps - 1, 1)
+        if cfg.final_step == "ode" and self.train_steps >= self.num_steps:
+            raise ValueError(
+                f"final_step: ode leaves the last of {self.num_steps} rollout steps without a "
+                f"log-prob, but train_steps ({self.train_steps}) would train it"
+            )
         self.guidance = float(cfg.guidance if cfg.guidance is not None else sampling["guidance"])
         self.shift = float(sampling.get("shift", 3.0))
         self.task_names = list(cfg.tasks or ctx.tasks)
@@ -205,6 +217,12 @@ class Method:
 
     def setup(self) -> None:
         """Called once after the student adapter exists and before resume."""
+
+    @property
+    def final_sampler(self) -> str | None:
+        """The sampler of the rollouts' last step (``"ode"`` for ``final_step: ode``; None: the
+        rollout's own, see :func:`opd.sampling.rollout`)."""
+        return "ode" if self.cfg.final_step == "ode" else None
 
     def trained_steps(self, iteration: int, task: str) -> list[int]:
         """The rollout steps trained at ``iteration`` for ``task`` (:func:`window_steps`)."""

@@ -12,6 +12,11 @@ Each is a registered :class:`~opd.training.base.Method`. The multi-task and casc
   adapter), then the positive/negative velocity mixture on fresh forward noisings of the clean
   samples, errors in x0 space normalised by their stop-gradient mean, and a soft update of the
   sampling policy ``old <- eta old + (1 - eta) student`` with ``eta_i = min(0.001 i, 0.5)``.
+
+With ``drop_constant_groups`` (all three), a group whose rewards are all equal carries no signal
+and is left out of the loss: the batch mean runs over the other samples only (GRPO: such a group
+has zero advantages but would dilute the mean; NFT: its r = 0.5 samples would still pull the
+policy), and a batch with no such sample contributes an exact zero gradient.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class GRPOConfig(MethodConfig):
     beta: float = 0.04  # KL to the base model
     adv_clip: float = 5.0
     std_mode: str = "group"  # "group" or "global" (the shipped configs' whole-batch std)
+    drop_constant_groups: bool = False  # leave groups of equal rewards out of the loss's mean
 
     def validate(self) -> None:
         super().validate()
@@ -76,6 +82,42 @@ class _RLMethod(Method):
         )
         return adv
 
+    def kept_mask(self, batch: Batch) -> torch.Tensor:
+        """(N,) bool: the samples whose group's rewards are not all equal."""
+        return obj.nonconstant_group_mask(torch.as_tensor(batch.rewards), batch.groups)
+
+    def kept(self, batch: Batch) -> tuple[torch.Tensor | None, float]:
+        """The samples the loss averages over and the mean's divisor: ``(None, 1)`` (all, the
+        plain mean) without ``drop_constant_groups``; else :meth:`kept_mask` and the number of
+        kept samples, over all data-parallel processes divided by their number (so that the
+        averaged gradient is the mean over every kept sample), or 1 when none is kept."""
+        if not self.cfg.drop_constant_groups:
+            return None, 1.0
+        mask = self.kept_mask(batch)
+        count = float(mask.sum())
+        if self.ctx.world_size > 1:
+            import torch.distributed as dist
+
+            total = torch.tensor([count], dtype=torch.float64, device=self.model.device)
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            count = float(total) / self.ctx.world_size
+        return mask, count if count > 0 else 1.0
+
+
+def kept_mean(loss: torch.Tensor, kept: torch.Tensor | None, divisor: float) -> torch.Tensor:
+    """The batch mean of per-sample ``loss``; with a ``kept`` mask, the sum over the kept
+    samples divided by ``divisor`` (:meth:`_RLMethod.kept`): exactly 0, with a zero gradient,
+    when none is kept."""
+    if kept is None:
+        return loss.mean()
+    kept = kept.to(loss.device)
+    return torch.where(kept, loss, torch.zeros_like(loss)).sum() / divisor
+
+
+def _log_kept(logs: dict[str, float], task: str, kept: torch.Tensor | None) -> None:
+    if kept is not None:  # the fraction of the batch that the loss used
+        logs[f"{task}/kept"] = int(kept.sum()) / kept.numel()
+
 
 @METHODS.register("grpo")
 class FlowGRPO(_RLMethod):
@@ -93,6 +135,7 @@ class FlowGRPO(_RLMethod):
         for task in tasks:
             batch = self.reward_batch(task, iteration, sampler, self.guidance, STUDENT)
             adv = self.advantages(batch)
+            kept, divisor = self.kept(batch)
             traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
             times = grid.tolist()
             student_v = model.velocity_fn(
@@ -125,13 +168,14 @@ class FlowGRPO(_RLMethod):
                     kl = ((out.mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * sigma_t**2)
                     loss = loss + cfg.beta * kl
                     kl_total += float(kl.detach().mean())
-                loss = loss.mean() / (len(trained) * len(tasks))
+                loss = kept_mean(loss, kept, divisor) / (len(trained) * len(tasks))
                 loss.backward()
                 compute.forward(n, self.guidance, grad=True)
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
             logs[f"{task}/kl"] = kl_total / len(trained)
+            _log_kept(logs, task, kept)
         return logs
 
 
@@ -155,6 +199,7 @@ class NFTConfig(MethodConfig):
     guidance: float | None = 1.0  # CFG-free
     eval_guidance: float | None = 1.0
     std_mode: str = "group"
+    drop_constant_groups: bool = False  # leave groups of equal rewards (r = 0.5) out of the loss
 
     def validate(self) -> None:
         super().validate()
@@ -189,6 +234,7 @@ class DiffusionNFT(_RLMethod):
             batch = self.reward_batch(task, iteration, sampler, self.guidance, self.OLD)
             adv = self.advantages(batch)
             r = 0.5 + adv.clamp(-cfg.adv_clip, cfg.adv_clip) / (2 * cfg.adv_clip)
+            kept, divisor = self.kept(batch)
             x0 = batch.traj.states[-1]
             n = x0.shape[0]
             grid = batch.grid[self.trained_steps(iteration, task)]
@@ -214,11 +260,12 @@ class DiffusionNFT(_RLMethod):
                     scale = err.detach().abs().flatten(1).mean(1).clamp_min(1e-6)
                     loss = loss + weight * (err**2).flatten(1).mean(1) / scale
                 loss = (5.0 / b) * loss + cfg.reg * ((v - v_ref) ** 2).flatten(1).mean(1)
-                loss = loss.mean() / (count * len(tasks))
+                loss = kept_mean(loss, kept, divisor) / (count * len(tasks))
                 loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
+            _log_kept(logs, task, kept)
         return logs
 
     @torch.no_grad()

@@ -56,7 +56,8 @@ def roll(
     decode: bool | None = None,
     num_steps: int | None = None,
 ) -> Batch:
-    """Sample ``n_prompts`` x ``group_size`` trajectories of ``task`` with ``adapter`` (no grad)."""
+    """Sample ``n_prompts`` x ``group_size`` trajectories of ``task`` with ``adapter`` (no grad);
+    the last step is the method's :attr:`~opd.training.base.Method.final_sampler`."""
     ctx = method.ctx
     model = ctx.model
     prompts, metadata, groups = ctx.sample_prompts(task, n_prompts, iteration, group_size)
@@ -86,6 +87,7 @@ def roll(
             seed,
             ids.tolist(),
             device=model.device,
+            final_sampler=method.final_sampler,
         )
     ctx.compute.forward(n * steps, guidance)
     ctx.compute.samples += n

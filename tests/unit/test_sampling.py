@@ -305,3 +305,37 @@ def test_dpm2m_is_second_order_on_a_gaussian_flow() -> None:
     euler = S.rollout(v, (1,), grid, "ode", 0, range(5), x_init=z.clone())
     target = m + s0 * z
     assert (full.final - target).abs().max() < (euler.final - target).abs().max()
+
+
+def test_rollout_with_a_final_ode_step_matches_float64_and_keeps_the_earlier_states() -> None:
+    lin, fn = _linear_velocity(seed=4)
+    grid, a, ids, seed = S.time_grid(5), 0.7, [3, 7, 11], 21
+    sde = S.make_sampler("flow_sde", noise_level=a)
+    plain = S.rollout(fn, (2, 2, 2), grid, sde, seed, ids)
+    last = S.rollout(fn, (2, 2, 2), grid, sde, seed, ids, final_sampler="ode")
+    n = grid.numel() - 1
+    # every state before the last step, and its kernels, are the plain sampler's bit for bit
+    assert torch.equal(last.states[:n], plain.states[:n])
+    assert torch.equal(last.log_probs[: n - 1], plain.log_probs[: n - 1])
+    assert torch.equal(last.stds[: n - 1], plain.stds[: n - 1])
+    # the last step is deterministic: std 0, no log-prob, mean = next state
+    assert torch.equal(last.stds[-1], torch.zeros(3)) and torch.isnan(last.log_probs[-1]).all()
+    assert torch.equal(last.means[-1], last.states[-1])
+    assert not torch.equal(last.states[-1], plain.states[-1])  # the noise is really gone
+    # independent float64 walk: METHOD.md's SDE step with the same noise, then x - h v
+    lin64 = torch.nn.Linear(9, 8).to(F64)
+    lin64.load_state_dict({k: v.to(F64) for k, v in lin.state_dict().items()})
+
+    def v64(x: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full((x.shape[0], 1), t, dtype=F64)
+        return lin64(torch.cat([x.reshape(x.shape[0], -1), tt], dim=1)).reshape(x.shape)
+
+    times = grid.to(F64).tolist()
+    x = S.step_noise(seed, -1, ids, (2, 2, 2)).to(F64)
+    with torch.no_grad():
+        for j in range(n - 1):
+            t, t_next = times[j], times[j + 1]
+            mean, std = _method_md_mean_std(x, v64(x, t), t, t_next, a)
+            x = mean + std * S.step_noise(seed, j, ids, (2, 2, 2)).to(F64)
+        x = x - (times[n - 1] - times[n]) * v64(x, times[n - 1])
+    assert torch.allclose(last.states[-1].to(F64), x, rtol=1e-5, atol=1e-5)
