@@ -32,7 +32,7 @@ from opd.faults import maybe_fail
 from opd.models import PromptEmbeds
 from opd.sampling import make_sampler, rollout, time_grid
 from opd.training import checkpoint as ckpt
-from opd.training.base import STUDENT
+from opd.training.base import STUDENT, eval_guidance
 
 EVAL_FIELDS = [
     "run",
@@ -219,8 +219,7 @@ def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
     from opd.training.loop import resolve_method
 
     _, cfg, _ = resolve_method(profile, run)
-    g = cfg.eval_guidance
-    return float(g if g is not None else profile["eval"]["guidance"])
+    return eval_guidance(cfg, profile)
 
 
 def adapter_is_identity(tensors: dict[str, torch.Tensor]) -> bool:

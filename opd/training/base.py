@@ -80,6 +80,20 @@ class MethodConfig:
             raise ValueError(f"final_step must be 'sde' or 'ode', got {self.final_step!r}")
 
 
+def train_guidance(cfg: MethodConfig, profile: dict[str, Any]) -> float:
+    """The CFG scale a run rolls out and trains with: its own ``guidance``, else the profile's
+    ``sampling.guidance`` (a frozen teacher is queried at the scale it was trained with)."""
+    g = cfg.guidance if cfg.guidance is not None else profile["sampling"]["guidance"]
+    return float(g)
+
+
+def eval_guidance(cfg: MethodConfig, profile: dict[str, Any]) -> float:
+    """The CFG scale a run is evaluated at: its own ``eval_guidance``, else the profile's
+    ``eval.guidance``."""
+    g = cfg.eval_guidance if cfg.eval_guidance is not None else profile["eval"]["guidance"]
+    return float(g)
+
+
 def keyed_seed(*parts: int | str) -> int:
     """A 63-bit seed from a tuple of ints/strings (stable across processes and platforms)."""
     blob = "/".join(str(p) for p in parts).encode()
@@ -132,7 +146,7 @@ class TaskData:
     prompts: list[str]
     metadata: list[dict[str, Any]]
     reward: Callable[[np.ndarray, list[str], list[dict]], np.ndarray]
-    teacher_guidance: float = 1.0
+    teacher_guidance: float = 1.0  # the CFG scale the task's teacher trained with
 
 
 @dataclasses.dataclass
@@ -204,7 +218,7 @@ class Method:
                 f"final_step: ode leaves the last of {self.num_steps} rollout steps without a "
                 f"log-prob, but train_steps ({self.train_steps}) would train it"
             )
-        self.guidance = float(cfg.guidance if cfg.guidance is not None else sampling["guidance"])
+        self.guidance = train_guidance(cfg, ctx.profile)
         self.shift = float(sampling.get("shift", 3.0))
         self.task_names = list(cfg.tasks or ctx.tasks)
         unknown = [t for t in self.task_names if t not in ctx.tasks]

@@ -139,6 +139,11 @@ def build_context(
     model: Any | None = None,
     reward_control: str | None = None,
 ) -> RunContext:
+    """The run context of ``profile``: each task's prompts and reward, and ``teachers`` (task ->
+    adapter folder) loaded as frozen adapters. A teacher is queried at the CFG scale it trained
+    with (:func:`~opd.training.loop.run_guidance` of ``teacher_<task>``)."""
+    from opd.training.loop import run_guidance
+
     model = model if model is not None else load_base_model(profile)
     tasks: dict[str, TaskData] = {}
     for name, spec in profile["tasks"].items():
@@ -148,7 +153,7 @@ def build_context(
             prompts=prompts,
             metadata=metadata,
             reward=make_reward(spec["reward"], profile, reward_control, f"{seed}/{name}"),
-            teacher_guidance=float(spec["teacher"].get("guidance", 1.0)),
+            teacher_guidance=run_guidance(profile, f"teacher_{name}"),
         )
     ctx = RunContext(model=model, profile=profile, seed=seed, tasks=tasks, compute=compute)
     for task, path in teachers.items():

@@ -36,7 +36,7 @@ from opd.config import build_dataclass, config_hash, method_section
 from opd.faults import maybe_fail
 from opd.registry import METHODS
 from opd.training import checkpoint as ckpt
-from opd.training.base import STUDENT, Method, RunContext, keyed_seed
+from opd.training.base import STUDENT, Method, RunContext, keyed_seed, train_guidance
 from opd.training.compute import ComputeCounter
 
 METRIC_FIELDS = ["step", "stage", "task", "metric", "value"]
@@ -53,6 +53,13 @@ def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any
     cls = METHODS.get(name)
     cfg = build_dataclass(cls.Config, section, f"methods.{run}")
     return cls, cfg, {"method": name, **section}
+
+
+def run_guidance(profile: dict[str, Any], run: str) -> float:
+    """The CFG scale run ``run`` trains with, resolved as its training does (a teacher without
+    ``guidance``: its method's default, e.g. NFT's 1.0, else the profile's sampling guidance)."""
+    _, cfg, _ = resolve_method(profile, run)
+    return train_guidance(cfg, profile)
 
 
 class EMA:

@@ -42,3 +42,25 @@ def test_a_teachers_guidance_is_also_its_evaluation_guidance() -> None:
     cfg["tasks"]["text"]["teacher"]["guidance"] = 3.5
     _, method_cfg, _ = resolve_method(cfg, "teacher_text")
     assert (method_cfg.guidance, method_cfg.eval_guidance, method_cfg.tasks) == (3.5, 3.5, ["text"])
+
+
+def test_a_teacher_is_distilled_at_the_guidance_it_trained_with(monkeypatch) -> None:
+    """Without ``guidance`` a GRPO-Guard teacher trains at the profile's sampling CFG and an NFT
+    teacher at NFT's own 1.0; the distillation context queries each at that scale (it used to
+    read 1.0 for any teacher without the key). An explicit value wins."""
+    from opd.training import context
+    from opd.training.compute import ComputeCounter
+    from opd.training.loop import run_guidance
+
+    cfg = load_config("mini")
+    cfg["sampling"]["guidance"] = 3.25  # neither 1.0 nor the teachers' written 4.5
+    teachers = {t: cfg["tasks"][t]["teacher"] for t in ("composition", "text", "aesthetics")}
+    assert teachers["composition"]["method"] == "nft" and teachers["text"]["method"] == "grpo_guard"
+    del teachers["composition"]["guidance"], teachers["text"]["guidance"]
+    teachers["aesthetics"]["guidance"] = 2.0
+    expected = {"composition": 1.0, "text": 3.25, "aesthetics": 2.0}
+    assert {t: run_guidance(cfg, f"teacher_{t}") for t in expected} == expected
+    monkeypatch.setattr(context, "load_prompts", lambda *args, **kwargs: ([], []))
+    monkeypatch.setattr(context, "make_reward", lambda *args, **kwargs: None)
+    ctx = context.build_context(cfg, 0, ComputeCounter(), {}, model=object())
+    assert {t: ctx.tasks[t].teacher_guidance for t in expected} == expected
