@@ -222,6 +222,51 @@ def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
     return eval_guidance(cfg, profile)
 
 
+def run_eval_settings(
+    profile: dict[str, Any], run_dir: Path, run: str, seed: int
+) -> tuple[str, float]:
+    """The method name and evaluation CFG scale of the run trained in ``run_dir``.
+
+    They come from the run's own resolved section in its ``run.json`` (the scale: its
+    ``eval_guidance``, else ``profile``'s ``eval.guidance``), so that a run trained under
+    overrides (e.g. a CFG-free NFT section) is scored as it was trained even when ``profile``
+    does not repeat them; a printed line says which were used, and names the config's values
+    when they differ or when its hash for this run differs from the recorded one. A folder
+    without ``run.json`` falls back to ``profile``; one that holds another run is a
+    :class:`~opd.config.ConfigError`.
+    """
+    from opd.config import ConfigError, build_dataclass
+    from opd.registry import METHODS
+    from opd.training.loop import read_run_info, resolve_method, run_config_hash
+
+    try:
+        _, given_cfg, given_section = resolve_method(profile, run)
+        given = (given_section["method"], eval_guidance(given_cfg, profile))
+    except KeyError:  # the config does not define this run: only run.json can
+        given_section, given = None, None
+    info = read_run_info(run_dir)
+    if info is None:
+        if given is None:
+            raise ConfigError(f"{run_dir} has no run.json and the config defines no run {run!r}")
+        print(f"[opd] {run_dir}: no run.json; method {given[0]}, CFG {given[1]} from the config")
+        return given
+    if info.get("run") != run:
+        raise ConfigError(f"{run_dir} holds run {info.get('run')!r} (its run.json), not {run!r}")
+    section = dict(info["method"])
+    name = section.pop("method")
+    cfg = build_dataclass(METHODS.get(name).Config, section, f"{run_dir}/run.json: method")
+    own = (name, eval_guidance(cfg, profile))
+    note = f"[opd] {run}: evaluated as trained (run.json): method {own[0]}, CFG {own[1]}"
+    if given is not None and given != own:
+        note += f"; the given config says method {given[0]}, CFG {given[1]} (not used)"
+    elif given_section is not None:
+        chash, trained = run_config_hash(profile, given_section, seed), info.get("config_hash")
+        if chash != trained:
+            note += f"; the config's hash for it is {chash}, trained under {trained}"
+    print(note)
+    return own
+
+
 def adapter_is_identity(tensors: dict[str, torch.Tensor]) -> bool:
     """True for a plain LoRA state dict (``lora_A``/``lora_B`` weights only) whose every
     ``lora_B`` is zero: ``B A = 0``, so the adapted model is the base model."""
@@ -266,12 +311,13 @@ def evaluate_run(
     base_eval: Path | None = None,
 ) -> Path:
     """Evaluate every checkpoint of ``run_dir`` and write the eval CSV ``out``; with
-    ``base_eval`` (the base model's eval CSV), identity checkpoints reuse its rows."""
+    ``base_eval`` (the base model's eval CSV), identity checkpoints reuse its rows. The method
+    and the CFG scale are the run's own (:func:`run_eval_settings`)."""
     from opd.training.context import load_base_model
 
+    method, guidance = run_eval_settings(profile, Path(run_dir), run, seed)
     model = load_base_model(profile)
     evaluator = Evaluator(model, profile)
-    guidance = eval_guidance_of(profile, run)
     ckpts = ckpt.list_checkpoints(Path(run_dir) / "checkpoints")
     if not ckpts:
         raise FileNotFoundError(f"no checkpoints under {run_dir}/checkpoints")
@@ -300,7 +346,7 @@ def evaluate_run(
             _save_samples(samples_out, samples)
         base = {
             "run": run,
-            "method": manifest.get("method", run),
+            "method": manifest.get("method", method),
             "seed": seed,
             "stage": manifest.get("stage", ""),
             "step": manifest["step"],

@@ -13,8 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "evaluate", help="evaluate a run's checkpoints (or --base) on the benchmarks"
     )
     add_config_args(p)
-    p.add_argument("--run-dir", type=Path, default=None)
-    p.add_argument("--run", default=None)
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="a run folder: its method and evaluation CFG are its own (its run.json), printed",
+    )
+    p.add_argument("--run", default=None, help="the run's name (as in its run.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", action="store_true", help="evaluate the base model, with/without CFG")
     p.add_argument(

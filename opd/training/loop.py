@@ -250,7 +250,7 @@ def train_run(
         )
         model.set_trainable(STUDENT)
     method.setup()
-    chash = config_hash({"profile": _hashable(profile), "run": section, "seed": seed})
+    chash = run_config_hash(profile, section, seed)
     has_student = STUDENT in model.adapter_names()
     params = _named_trainable(model, STUDENT) if has_student else {}
     opt = (
@@ -398,6 +398,19 @@ def train_run(
             f"{compute.wall_seconds:.1f} s"
         )
     return out_dir
+
+
+def run_config_hash(profile: dict[str, Any], section: dict[str, Any], seed: int) -> str:
+    """The hash that a run's checkpoints and ``run.json`` record: the profile (less where it
+    runs and how it reports), the run's resolved section (:func:`resolve_method`) and seed."""
+    return config_hash({"profile": _hashable(profile), "run": section, "seed": seed})
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any] | None:
+    """A run folder's ``run.json`` (written when its training starts or resumes: the run name,
+    its resolved ``method`` section, seed, config hash and profile), or None without one."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _hashable(profile: dict[str, Any]) -> dict[str, Any]:
