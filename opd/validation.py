@@ -22,6 +22,9 @@ of 64 other prompts, the earlier ceiling, lay below the base's pick, hps and pre
 prompts (clean renders draw their style at random; the base at CFG draws what those scorers
 like). ``world_bounds.json`` keeps the floors and mean-clean-render ceilings of Table 1's own
 prompts (:func:`ceiling_values`), with which Table 1's Average is normalised.
+``prompt_ceilings.json`` keeps the best-of-16 ceilings: ``ceiling`` on Table 1's evaluation
+prompts, the ones every run in ``metrics.csv`` is scored on (the headroom of properties 3 and the
+recovery, :mod:`opd.analysis.properties`), and ``validation_ceiling`` on property 2's prompts.
 """
 
 from __future__ import annotations
@@ -226,10 +229,11 @@ def validation_profile(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_world(profile: dict[str, Any], base_eval_csv: Path, out_dir: Path) -> pd.DataFrame:
-    """Write ``world_validation.{csv,md}`` and ``world_bounds.json`` (each column's floor and
-    ceiling) under ``out_dir`` and return the table. ``base_eval_csv`` (Table 1's evaluation of
-    the base) serves property 2 unless ``validation.prompts_per_task`` asks for more prompts:
-    then the base is evaluated again on them, into ``out_dir/base_validation_eval.csv``."""
+    """Write ``world_validation.{csv,md}``, ``world_bounds.json`` (each column's floor and
+    ceiling) and ``prompt_ceilings.json`` (best-of-16 ceilings) under ``out_dir`` and return the
+    table. ``base_eval_csv`` (Table 1's evaluation of the base) serves property 2 unless
+    ``validation.prompts_per_task`` asks for more prompts: then the base is evaluated again on
+    them, into ``out_dir/base_validation_eval.csv``."""
     from opd.evaluation import evaluate_base
 
     out_dir = Path(out_dir)
@@ -243,14 +247,21 @@ def validate_world(profile: dict[str, Any], base_eval_csv: Path, out_dir: Path) 
     else:
         base_eval = pd.read_csv(evaluate_base(vprofile, out_dir / "base_validation_eval.csv"))
         vfloor_eval = floor_evaluation(vprofile)
-    rows += base_checks(vprofile, base_eval, vfloor_eval, prompt_ceilings(vprofile))
+    eval_ceilings = prompt_ceilings(profile)
+    vceilings = eval_ceilings if vprofile is profile else prompt_ceilings(vprofile)
+    rows += base_checks(vprofile, base_eval, vfloor_eval, vceilings)
     table = pd.DataFrame(rows)
     table.insert(0, "world_version", profile["world"].get("version"))
     floor = floor_eval.groupby("column")["value"].mean()
     bounds = {
         c: {"floor": float(floor[c]), "ceiling": float(ceiling[c])} for c in profile["benchmarks"]
-    }  # read by the teacher-property checks (opd.analysis.properties)
+    }  # Table 1's Average (opd.reporting.tables)
     (out_dir / "world_bounds.json").write_text(json.dumps(bounds, indent=1) + "\n")
+    best = {
+        c: {"ceiling": eval_ceilings[c], "validation_ceiling": vceilings[c]}
+        for c in profile["benchmarks"]
+    }  # the headroom of property 3 and the recovery (opd.analysis.properties)
+    (out_dir / "prompt_ceilings.json").write_text(json.dumps(best, indent=1) + "\n")
     table.to_csv(out_dir / "world_validation.csv", index=False)
     (out_dir / "world_validation.md").write_text(table.to_markdown(index=False) + "\n")
     return table

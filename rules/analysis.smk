@@ -119,7 +119,7 @@ rule check_properties:
     input:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
-        bounds=world_bounds(),
+        ceilings=prompt_ceilings(),
     output:
         csv=report(
             f"{TABLES_DIR}/properties.csv",
@@ -128,6 +128,16 @@ rule check_properties:
             labels={"table": "properties 3, 4 and recovery"},
         ),
         md=f"{TABLES_DIR}/properties.md",
+        png=report_entry(
+            f"{FIGURES_DIR}/recovery.png",
+            generated_caption(f"{FIGURES_DIR}/recovery.png"),
+            category="Analyses",
+            subcategory="recovery",
+            labels={"figure": "recovery", "format": "png"},
+        ),
+        pdf=f"{FIGURES_DIR}/recovery.pdf",
+        rst=f"{FIGURES_DIR}/recovery.rst",
+        txt=f"{FIGURES_DIR}/recovery.caption.txt",
     log:
         f"{LOGS}/analysis/properties.log",
     conda:
@@ -135,6 +145,8 @@ rule check_properties:
     params:
         key=config_key("benchmarks", "tasks"),
         out=output_dir,
+        figures=lambda wildcards, output: os.path.dirname(output.png),
+        ceilings=ceilings_arg,
     shell:
-        "opd properties --config {input.cfg} --metrics {input.metrics}"
-        " --out-dir {params.out} > {log} 2>&1"
+        "opd properties --config {input.cfg} --metrics {input.metrics} {params.ceilings}"
+        " --out-dir {params.out} --figures-dir {params.figures} > {log} 2>&1"

@@ -495,13 +495,23 @@ def world_bounds():
     return [f"{TABLES_DIR}/world_bounds.json"] if "world" in CFG else []
 
 
+def prompt_ceilings():
+    """Each column's best-of-16 clean-render ceiling on the evaluation prompts (world profiles)."""
+    return [f"{TABLES_DIR}/prompt_ceilings.json"] if "world" in CFG else []
+
+
+def ceilings_arg(wildcards, input):
+    """``--ceilings FILE`` for the headroom of properties 3 and recovery, where there is one."""
+    return f"--ceilings {input.ceilings}" if input.ceilings else ""
+
+
 def bounds_arg(wildcards, input):
     """``--bounds FILE`` for the Average's world bounds, where the profile has a world."""
     return f"--bounds {input.bounds}" if input.bounds else ""
 
 
 def figure_targets():
-    names = [*FIGURES, "retention", "grad_variance"]
+    names = [*FIGURES, "retention", "grad_variance", "recovery"]
     return [f"{FIGURES_DIR}/{n}.{e}" for n in names for e in ("png", "pdf")]
 
 

@@ -111,6 +111,7 @@ rule validate_world:
         ),
         md=f"{TABLES_DIR}/world_validation.md",
         bounds=f"{TABLES_DIR}/world_bounds.json",
+        ceilings=f"{TABLES_DIR}/prompt_ceilings.json",
     log:
         f"{LOGS}/world/validate.log",
     conda:

@@ -17,10 +17,15 @@ Retention (:mod:`opd.analysis.retention`): :func:`retention_curves` and :func:`r
 (best / final / drop, cascade stage ends, gaps to the teachers) from ``metrics.csv``;
 ``opd retention`` writes them with the figure.
 
+Properties (:mod:`opd.analysis.properties`): MINI.md's properties 3 and 4 and DiffusionOPD's
+recovery of each teacher's gain from ``metrics.csv``; ``opd properties`` writes the table and the
+``recovery`` figure.
+
 Figures (:mod:`opd.analysis.plots`, Agg backend): :func:`grad_variance_figure`,
 :func:`variance_caption`, :func:`retention_figure`, :func:`retention_caption`,
-:func:`save_figure`, :func:`write_caption`. Importing :mod:`opd.analysis` loads torch and pandas
-but not matplotlib: the plotting names load :mod:`opd.analysis.plots` on first use.
+:func:`recovery_figure`, :func:`recovery_caption`, :func:`save_figure`, :func:`write_caption`.
+Importing :mod:`opd.analysis` loads torch and pandas but not matplotlib: the plotting names load
+:mod:`opd.analysis.plots` on first use.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from opd.analysis.variance import (
 
 _PLOTS = (
     "grad_variance_figure",
+    "recovery_caption",
+    "recovery_figure",
     "retention_caption",
     "retention_figure",
     "save_figure",

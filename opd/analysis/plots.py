@@ -12,6 +12,10 @@
   training compute (mean over training seeds, ±1 std band), cascade stage boundaries as vertical
   lines, the task teacher's final value as a horizontal dashed line (the base model with CFG
   dotted), and the measured forgetting.
+- :func:`recovery_figure` / :func:`recovery_caption`: per task, DiffusionOPD's and the paper's
+  baselines' fractions of the task's headroom at every evaluated checkpoint over training compute
+  (the student's including the teachers'), the teacher's fraction with its SE, and the student's
+  recovery on a second axis (:func:`opd.analysis.properties.recovery_curves`).
 - :func:`save_figure` writes PNG and PDF; :func:`write_caption` writes the caption next to them
   (``<name>.caption.txt`` and ``<name>.rst``, the latter for the Snakemake report).
 """
@@ -36,6 +40,8 @@ from matplotlib.figure import Figure
 __all__ = [
     "ESTIMATOR_LABELS",
     "grad_variance_figure",
+    "recovery_caption",
+    "recovery_figure",
     "retention_caption",
     "retention_figure",
     "save_figure",
@@ -74,6 +80,19 @@ def write_caption(text: str, stem: str | Path) -> list[Path]:
     for path in out:
         path.write_text(text.rstrip() + "\n", encoding="utf-8")
     return out
+
+
+def _side_legend(fig: Figure, axes: np.ndarray) -> None:
+    """One legend for all panels (each label once) to the right of the figure; tight layout."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
 
 
 def _palette(names: Sequence[str]) -> dict[str, Any]:
@@ -388,15 +407,7 @@ def retention_figure(
             ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
     for k in range(len(cols), nrow * ncol):
         axes[k // ncol][k % ncol].set_axis_off()
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
+    _side_legend(fig, axes)
     return fig
 
 
@@ -448,4 +459,160 @@ def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFr
             f"{r.metric} {'+' if r.value >= 0 else '-'}{_num(abs(r.value))}" for r in g.itertuples()
         )
         parts.append(f"{run} final minus teacher final: {items}.")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# recovery
+# --------------------------------------------------------------------------------------------
+def _by_step(points: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint step: mean compute, mean fraction and its SE over training seeds."""
+    from opd.analysis.properties import standard_error
+
+    g = points.groupby("step")
+    out = pd.DataFrame(
+        {
+            "x": g["compute"].mean(),
+            "mean": g["fraction"].mean(),
+            "se": g["fraction"].agg(standard_error),
+            "n": g["fraction"].count(),
+        }
+    )
+    return out.reset_index().sort_values("x")
+
+
+def _recovery_runs(curves: Any) -> list[str]:
+    from opd.analysis.properties import BASELINES
+
+    have = set(curves.points["run"])
+    return [r for r in (curves.method, *BASELINES) if r in have]
+
+
+def recovery_figure(curves: Any) -> Figure:
+    """The ``recovery`` figure from :func:`opd.analysis.properties.recovery_curves`: one panel
+    per task, the student's and the baselines' fractions of the task's headroom at every
+    evaluated checkpoint over training compute (mean, ±1 SE band over training seeds), the
+    teacher's fraction with its paired SE band, 90% of it dotted, and the student's recovery
+    (fraction over the teacher's) on the right axis where the teacher gained."""
+    sns.set_theme(style="whitegrid", context="paper")
+    tasks = list(curves.teachers)
+    fig, axes = plt.subplots(
+        1, max(len(tasks), 1), figsize=(4.4 * max(len(tasks), 1) + 1.5, 3.4), squeeze=False
+    )
+    runs = _recovery_runs(curves)
+    colors = _palette(runs)
+    for ax, task in zip(axes[0], tasks, strict=False):
+        g = curves.teachers[task]
+        sub = curves.points[curves.points["task"] == task]
+        for run in runs:
+            agg = _by_step(sub[sub["run"] == run])
+            if agg.empty:
+                continue
+            style = "-" if run == curves.method else "--"
+            ax.plot(
+                agg["x"],
+                agg["mean"],
+                style,
+                color=colors[run],
+                lw=1.5,
+                marker="o",
+                ms=2.5,
+                label=run,
+            )
+            se = agg["se"].fillna(0.0)
+            ax.fill_between(
+                agg["x"],
+                agg["mean"] - se,
+                agg["mean"] + se,
+                color=colors[run],
+                alpha=0.15,
+                linewidth=0,
+            )
+        if math.isfinite(g.fraction):
+            ax.axhline(g.fraction, color="black", lw=1.0, label="task teacher (final)")
+            if math.isfinite(g.se):
+                ax.axhspan(g.fraction - g.se, g.fraction + g.se, color="black", alpha=0.08)
+        if g.gained:
+            ax.axhline(
+                0.9 * g.fraction,
+                color="black",
+                lw=1.0,
+                linestyle=":",
+                label="90% of the teacher's gain",
+            )
+            t = g.fraction
+            sec = ax.secondary_yaxis(
+                "right", functions=(lambda y, t=t: y / t, lambda r, t=t: r * t)
+            )
+            sec.set_ylabel("recovery (of the teacher's gain)")
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        if curves.teacher_evals > 0:
+            ax.axvline(
+                curves.teacher_evals, color="0.5", lw=0.8, linestyle=":", label="teachers' compute"
+            )
+        state = "" if g.gained else ", did not gain"
+        ax.set_title(f"{task}: teacher {_num(g.fraction)} ± {_num(g.se, 2)}{state}", fontsize=9)
+        ax.set_xlabel(f"training model evaluations ({curves.method}: incl. the teachers')")
+        if sub.empty:
+            ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
+    if not tasks:
+        axes[0][0].text(0.5, 0.5, "no teachers evaluated", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    axes[0][0].set_ylabel("fraction of headroom (capped, reward-weighted)")
+    _side_legend(fig, axes)
+    return fig
+
+
+def _evals(x: float) -> str:
+    """A model-evaluation count for a caption (thousands separated)."""
+    return f"{x:,.0f}" if math.isfinite(x) else "n/a"
+
+
+def _first_reach(agg: pd.DataFrame, target: float) -> float:
+    hit = agg[agg["mean"] >= target]
+    return float(hit["x"].iloc[0]) if not hit.empty else math.nan
+
+
+def recovery_caption(curves: Any) -> str:
+    """Caption of the recovery figure with the measured numbers per task."""
+    m, te = curves.method, curves.teacher_evals
+    parts = [
+        f"Recovery of each task's teacher by {m} against training compute. At every evaluated "
+        "checkpoint, a run's fraction of the task's headroom: per own column (value - base with "
+        "CFG) / (ceiling - base with CFG), capped at 1, weighted by the task's reward mix; mean "
+        f"and ±1 SE band over training seeds. {m}'s compute includes the teachers' total "
+        f"({_evals(te)} model evaluations, dotted vertical line); the baselines' is their own. "
+        "Black: the teacher's final fraction with its SE (paired over evaluation seeds); "
+        f"dotted: 90% of it. Right axis: {m}'s recovery, its fraction over the teacher's, "
+        "where the teacher gained."
+    ]
+    pts = curves.points
+    for task, g in curves.teachers.items():
+        sub = pts[pts["task"] == task]
+        line = f"{task}: teacher {_num(g.fraction)} ± {_num(g.se, 2)}"
+        if not g.gained:
+            line += " (did not gain: no recovery to speak of)"
+        items = []
+        for run in _recovery_runs(curves):
+            agg = _by_step(sub[sub["run"] == run])
+            if agg.empty:
+                continue
+            last = agg.iloc[-1]
+            item = (
+                f"{run} final {_num(last['mean'])} ± {_num(last['se'], 2)} "
+                f"at {_evals(last['x'])} evaluations"
+            )
+            if run == m and g.gained:
+                r = last["mean"] / g.fraction
+                reach = _first_reach(agg, 0.9 * g.fraction)
+                where = (
+                    f"reaches 90% at {_evals(reach - te)} own evaluations ({_evals(reach)} in all)"
+                    if math.isfinite(reach)
+                    else "does not reach 90%"
+                )
+                item += f" (recovery {_num(r)}; {where})"
+            items.append(item)
+        parts.append(line + ("; " + "; ".join(items) if items else "; no evaluations") + ".")
+    if not curves.teachers:
+        parts.append("No teacher was evaluated.")
     return " ".join(parts)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from opd.evaluation import evaluate_base
-from opd.validation import floor_evaluation, validate_world
+from opd.validation import floor_evaluation, prompt_ceilings, validate_world, validation_profile
 
 
 def test_property_2_uses_the_validation_prompts(smoke_stage1: dict, tmp_path: Path) -> None:
@@ -32,6 +32,11 @@ def test_property_2_uses_the_validation_prompts(smoke_stage1: dict, tmp_path: Pa
     bounds = json.loads((tmp_path / "out" / "world_bounds.json").read_text())
     floor = floor_evaluation(cfg).groupby("column")["value"].mean()
     assert bounds["pick"]["floor"] == float(floor["pick"])
+    # the best-of-16 ceilings on Table 1's prompts (properties 3 and recovery) and on the
+    # validation's; the validation's are the ones property 2 used
+    best = json.loads((tmp_path / "out" / "prompt_ceilings.json").read_text())
+    assert best["pick"]["ceiling"] == prompt_ceilings(cfg)["pick"]  # Table 1's own prompts
+    assert best["pick"]["validation_ceiling"] == prompt_ceilings(validation_profile(cfg))["pick"]
 
 
 def test_prompt_ceilings_are_the_best_clean_render_per_prompt(smoke_stage1: dict) -> None:

@@ -236,9 +236,11 @@ elif cmd in ("collect", "variance"):
     touch(out)
 elif cmd == "validate-world":
     names = ("world_validation.csv", "world_validation.md", "world_bounds.json")
-    touch(*[out_dir / n for n in names])
+    touch(*[out_dir / n for n in (*names, "prompt_ceilings.json")])
 elif cmd == "properties":
     touch(out_dir / "properties.csv", out_dir / "properties.md")
+    ext = ("png", "pdf", "rst", "caption.txt")
+    touch(*[opt("--figures-dir") / f"recovery.{{e}}" for e in ext])
 elif cmd == "tables":
     touch(*[out_dir / f"table1.{{e}}" for e in ("md", "tex", "csv", "rst")])
     touch(*[out_dir / f"ablations.{{e}}" for e in ("md", "csv", "rst")])
@@ -290,6 +292,7 @@ def test_finished_workflow_reruns_nothing_and_tables_alone_regenerate(tmp_path):
     rc, out = snakemake(work, "--report", str(report), *smoke, env=env)
     assert rc == 0, out
     assert "Generated caption of convergence" in report.read_text()
+    assert "Generated caption of recovery" in report.read_text()
 
 
 @pytest.mark.slow
