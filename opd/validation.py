@@ -56,7 +56,7 @@ def scorer_checks(profile: dict[str, Any], n: int = 2000, seed: int = 123) -> li
     rng = np.random.default_rng(seed)
     for task, name in (("composition", "compose"), ("text", "text")):
         images, prompts, meta = sample_scenes(task, n, seed=seed, split="test", config=world)
-        scorer = get_scorer(name)
+        scorer = get_scorer(name, config=world)  # the world's font, alphabet, palette
         clean = float(np.mean(scorer(images, prompts, meta)))
         perm = _derangement(len(prompts), rng)
         shuffled = float(

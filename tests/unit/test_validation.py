@@ -39,3 +39,22 @@ def test_validation_profile_sets_only_the_prompt_count() -> None:
     out = validation_profile(more)
     assert out["eval"] == {"prompts_per_task": 96, "seeds": [1, 2]}
     assert more["eval"]["prompts_per_task"] == 16  # the given profile is not changed
+
+
+def test_scorer_checks_read_with_the_worlds_own_font_and_alphabet() -> None:
+    """Property 1 scores clean renders with the scorers the world builds: a world with the 5x7
+    font at 16 px and its own alphabet reads its single glyphs (the default 3x5 reader would
+    read nothing and fail the check)."""
+    from opd.validation import scorer_checks
+
+    params = {
+        "resolution": 16,
+        "text_align": "corner",
+        "font": "5x7",
+        "max_text_len": 1,
+        "alphabet": "ACDEFHJKLMNOPRSTUVXYZ",
+        "text_test_per_length": [21],
+    }
+    rows = {r["check"]: r for r in scorer_checks({"world": {"params": params}}, n=200)}
+    assert rows["text on clean renders"]["value"] == 1.0
+    assert rows["text on shuffled prompts"]["value"] <= 0.3
