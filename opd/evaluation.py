@@ -267,6 +267,15 @@ def run_eval_settings(
     return own
 
 
+def adapter_kwargs(info: dict[str, Any]) -> dict[str, Any]:
+    """``add_adapter`` arguments that re-create a checkpoint's student adapter from its
+    manifest's ``adapter`` record (rank, alpha and, when recorded, the target modules)."""
+    kwargs: dict[str, Any] = {"rank": int(info["rank"]), "alpha": float(info["alpha"])}
+    if info.get("targets"):
+        kwargs["target_modules"] = tuple(info["targets"])
+    return kwargs
+
+
 def adapter_is_identity(tensors: dict[str, torch.Tensor]) -> bool:
     """True for a plain LoRA state dict (``lora_A``/``lora_B`` weights only) whose every
     ``lora_B`` is zero: ``B A = 0``, so the adapted model is the base model."""
@@ -328,7 +337,7 @@ def evaluate_run(
         maybe_fail("evaluate.checkpoint", int(manifest["step"]))
         info = manifest.get("adapter") or {}
         if not created:
-            model.add_adapter(STUDENT, rank=int(info["rank"]), alpha=float(info["alpha"]))
+            model.add_adapter(STUDENT, **adapter_kwargs(info))
             created = True
         model.load_adapter_state_dict(STUDENT, tensors["ema"])
         keep = 16 if i == len(ckpts) - 1 else 0

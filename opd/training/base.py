@@ -48,6 +48,10 @@ class MethodConfig:
     window_every: int = 1
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    # Module names the student's LoRA adapts (None: model.lora.targets, else the paper's
+    # attention projections); e.g. add "ff.net.0.proj", "ff.net.2" and "proj_out" to let a small
+    # model's adapter reach its feed-forward layers and output projection.
+    lora_targets: list[str] | None = None
     # "matched": train on a no-signal control of each task's reward (0/1 draws at the real
     # reward's batch mean: opd.training.context.MatchedControl), to calibrate what a 0/1 reward's
     # advantages do without information. None: the real reward.
@@ -92,6 +96,21 @@ def eval_guidance(cfg: MethodConfig, profile: dict[str, Any]) -> float:
     ``eval.guidance``."""
     g = cfg.eval_guidance if cfg.eval_guidance is not None else profile["eval"]["guidance"]
     return float(g)
+
+
+def lora_settings(cfg: MethodConfig, profile: dict[str, Any]) -> dict[str, Any]:
+    """Rank, alpha and target modules of a run's student adapter: the method's own
+    ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, else the profile's ``model.lora``, else
+    the paper's attention projections."""
+    from opd.models.lora import DEFAULT_TARGETS
+
+    lora = profile["model"]["lora"]
+    targets = cfg.lora_targets or lora.get("targets") or DEFAULT_TARGETS
+    return {
+        "rank": int(cfg.lora_rank or lora["rank"]),
+        "alpha": float(cfg.lora_alpha or lora["alpha"]),
+        "target_modules": tuple(targets),
+    }
 
 
 def keyed_seed(*parts: int | str) -> int:

@@ -36,7 +36,14 @@ from opd.config import build_dataclass, config_hash, method_section
 from opd.faults import maybe_fail
 from opd.registry import METHODS
 from opd.training import checkpoint as ckpt
-from opd.training.base import STUDENT, Method, RunContext, keyed_seed, train_guidance
+from opd.training.base import (
+    STUDENT,
+    Method,
+    RunContext,
+    keyed_seed,
+    lora_settings,
+    train_guidance,
+)
 from opd.training.compute import ComputeCounter
 
 METRIC_FIELDS = ["step", "stage", "task", "metric", "value"]
@@ -239,15 +246,10 @@ def train_run(
     ctx.rank, ctx.world_size = rank, world_size
     is_main = ctx.rank == 0
     torch.manual_seed(keyed_seed(seed, run, "init"))
-    lora = profile["model"]["lora"]
     method = cls(ctx, cfg)
     model = ctx.model
     if cls.trainable is not None:
-        model.add_adapter(
-            STUDENT,
-            rank=cfg.lora_rank or int(lora["rank"]),
-            alpha=float(cfg.lora_alpha or lora["alpha"]),
-        )
+        model.add_adapter(STUDENT, **lora_settings(cfg, profile))
         model.set_trainable(STUDENT)
     method.setup()
     chash = run_config_hash(profile, section, seed)

@@ -215,13 +215,7 @@ class DiffusionNFT(_RLMethod):
     OLD = "nft_old"
 
     def setup(self) -> None:
-        lora = self.ctx.profile["model"]["lora"]
-        self.model.add_adapter(
-            self.OLD,
-            rank=self.cfg.lora_rank or int(lora["rank"]),
-            alpha=float(self.cfg.lora_alpha or lora["alpha"]),
-        )
-        self.model.load_adapter_state_dict(self.OLD, self.model.adapter_state_dict(STUDENT))
+        self.model.copy_adapter(STUDENT, self.OLD)
         self.model.set_trainable(STUDENT)
 
     def step(self, iteration: int) -> dict[str, float]:

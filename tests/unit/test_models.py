@@ -401,3 +401,33 @@ def test_profile_ff_gelu_overrides_the_saved_form_on_load(tmp_path) -> None:
         model = load_base_model(profile)
         forms[setting] = {m.approximate for m in model.transformer.modules() if isinstance(m, GELU)}
     assert forms == {None: {"tanh"}, "exact": {"none"}, "tanh": {"tanh"}}
+
+
+def test_lora_targets_resolve_and_recreate_from_a_checkpoint_record(batch) -> None:
+    """A method's ``lora_targets`` beat the profile's ``model.lora.targets``, which beat the
+    attention default; the manifest record re-creates the same adapter (feed-forward and output
+    projection included), so its weights load and it computes the same velocity."""
+    from opd.evaluation import adapter_kwargs
+    from opd.training.base import MethodConfig, lora_settings
+
+    ff = ["attn.to_q", "ff.net.0.proj", "ff.net.2", "proj_out"]
+    profile = {"model": {"lora": {"rank": 4, "alpha": 8}}}
+    assert lora_settings(MethodConfig(), profile)["target_modules"] == tuple(DEFAULT_TARGETS)
+    profile["model"]["lora"]["targets"] = ["attn.to_q"]
+    assert lora_settings(MethodConfig(), profile)["target_modules"] == ("attn.to_q",)
+    settings = lora_settings(MethodConfig(lora_targets=ff, lora_rank=3), profile)
+    assert settings == {"rank": 3, "alpha": 8.0, "target_modules": tuple(ff)}
+
+    src = tiny()
+    src.add_adapter("student", **settings, init="random", seed=3)
+    paths = {p for p, _ in L.adapter_layers(src.transformer, "student")}
+    assert "proj_out" in paths and any(p.endswith("ff.net.2") for p in paths)
+    dst = tiny()
+    dst.add_adapter("student", **adapter_kwargs(src.adapter_info("student")))
+    dst.load_adapter_state_dict("student", src.adapter_state_dict("student"))  # strict keys
+    x, t, emb = batch
+    with torch.no_grad():
+        want = src.velocity(x, t, emb, adapter="student")
+        got = dst.velocity(x, t, emb, adapter="student")
+        base = dst.velocity(x, t, emb)
+    assert torch.equal(got, want) and not torch.equal(got, base)
