@@ -204,6 +204,47 @@ def test_corpus_noise_rates_follow_the_config():
     assert corpus.captions == corpus.true_captions
 
 
+def test_caption_confusions_name_the_partner_at_the_configured_rate():
+    """With only confusions on, a caption differs from the truth exactly where it names the
+    partner letter (text) or partner shapes, at rates within 4 binomial standard errors of the
+    config's; without them the corpus is what it was."""
+    import math
+    import re
+
+    from opd.worlds.mini.corpus import partner
+
+    assert partner("AFJLM", "A") == "F" and partner("AFJLM", "F") == "A"
+    assert partner("AFJLM", "M") == "M"  # odd length: the last is its own partner
+    quiet = dict(
+        caption_drop_color=0.0,
+        caption_drop_count=0.0,
+        caption_drop_relation=0.0,
+        caption_drop_text=0.0,
+        caption_wrong=0.0,
+        caption_generic=0.0,
+        caption_adjective=0.0,
+        extra_object_rate=0.0,
+    )
+    base = W.corpus_scenes(400, seed=4, config=WorldConfig(**quiet))
+    off = W.corpus_scenes(400, seed=4, config=WorldConfig(**quiet, caption_confuse_text=0.0))
+    assert off.captions == base.captions
+    cfg = WorldConfig(**quiet, caption_confuse_text=0.3, caption_confuse_shape=0.2)
+    corpus = W.corpus_scenes(4000, seed=4, config=cfg)
+    text_hits, text_n, shape_hits, shape_n = 0, 0, 0, 0
+    for cap, true, kind in zip(corpus.captions, corpus.true_captions, corpus.kinds, strict=True):
+        if kind == "text":
+            said, real = re.search(r'"(.*)"', cap)[1], re.search(r'"(.*)"', true)[1]
+            want = "".join(partner(cfg.alphabet, c) for c in real)
+            assert said in (real, want)
+            text_n, text_hits = text_n + 1, text_hits + (said == want)
+        elif kind == "single":
+            shape = next(s for s in cfg.shapes if s in true.split())
+            assert cap in (true, true.replace(shape, partner(cfg.shapes, shape)))
+            shape_n, shape_hits = shape_n + 1, shape_hits + (cap != true)
+    for hits, n, rate in ((text_hits, text_n, 0.3), (shape_hits, shape_n, 0.2)):
+        assert abs(hits / n - rate) < 4 * math.sqrt(rate * (1 - rate) / n)
+
+
 def test_hidden_utilities_differ_but_overlap():
     scenes, prompts, metas = W.generate("aesthetics", 600, seed=3, split="train")
     pick = W.hidden_utility("pick", scenes, prompts, metadata=metas)

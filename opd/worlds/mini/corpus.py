@@ -9,6 +9,9 @@ as alt-text is, at rates set in :class:`WorldConfig`:
   ``caption_drop_text``: the quoted text becomes "some text";
 - ``caption_wrong``: one attribute replaced by a wrong one (colour, shape, count, relation or a
   letter of the text);
+- ``caption_confuse_text`` / ``caption_confuse_shape``: the caption names the fixed partner of
+  the scene's letters (``alphabet[2i] <-> alphabet[2i+1]``) or of its shapes, a systematic
+  confusion that CFG cannot undo (it sharpens the conditional, and the partner is part of it);
 - ``caption_generic``: the whole caption replaced by a generic one ("a photo", "an image");
 - ``caption_adjective``: an aesthetic phrasing ("a lovely photo of ...") with no link to style;
 - ``extra_object_rate``: an object the caption does not mention is added to the scene.
@@ -20,6 +23,7 @@ have headroom for RL.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +131,11 @@ def _one(
     drop_color = u[13] < cfg.caption_drop_color
     wrong = u[14] < cfg.caption_wrong
     wrong_u = u[15]
+    # one more uniform, derived so that the 24 drawn per item (and every corpus without
+    # confusions) stay as they were
+    confuse_u = (u[15] * 7919.0 + u[16] * 104729.0) % 1.0
+    confuse_text = confuse_u < cfg.caption_confuse_text
+    confuse_shape = (confuse_u * 31.0) % 1.0 < cfg.caption_confuse_shape
 
     def noisy(true_fn: Any, attrs: dict[str, Any], droppable: dict[str, bool]) -> tuple[str, str]:
         true = true_fn(**attrs)
@@ -134,6 +143,12 @@ def _one(
         if wrong:
             key = sorted(attrs)[_pick(wrong_u, len(attrs))]
             shown[key] = _wrong(key, attrs[key], u[16], cfg, names)
+        if confuse_text and shown.get("x"):
+            shown["x"] = "".join(partner(cfg.alphabet, ch) for ch in shown["x"])
+        if confuse_shape:
+            for key in ("s", "t"):
+                if shown.get(key):
+                    shown[key] = partner(shapes, shown[key])
         for key, drop in droppable.items():
             if drop:
                 shown[key] = None
@@ -201,6 +216,14 @@ def _one(
         adj = AESTHETIC_TEMPLATES[_pick((u[23] * 7919.0) % 1.0, len(AESTHETIC_TEMPLATES))]
         cap = adj.format(cap[len(template) + 1 :])
     return SceneSpec(objects=objects, relation=relation, text=spec_text), cap, true
+
+
+def partner(names: Sequence[str], name: str) -> str:
+    """The fixed confusion partner of ``name`` among ``names``: index 2i <-> 2i + 1 (the last of
+    an odd-length list is its own partner)."""
+    i = list(names).index(name)
+    j = i ^ 1
+    return names[j] if j < len(names) else name
 
 
 def _obj(shape: str, color: str | None) -> str:

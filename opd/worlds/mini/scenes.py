@@ -108,6 +108,11 @@ class WorldConfig:
     caption_drop_relation: float = 0.3
     caption_drop_text: float = 0.1
     caption_wrong: float = 0.05
+    # Systematic alt-text confusions: the caption names the partner of the scene's letters
+    # (alphabet[2i] <-> alphabet[2i+1]) or shapes (shapes[2i] <-> shapes[2i+1]) at these rates,
+    # so that even with CFG the base draws the partner by chance, not by inability.
+    caption_confuse_text: float = 0.0
+    caption_confuse_shape: float = 0.0
     caption_generic: float = 0.08
     caption_adjective: float = 0.1
     extra_object_rate: float = 0.1
