@@ -1,5 +1,5 @@
 # Stage 0 of the mini world: the synthetic world, its learned scorers, the base model, and the
-# validation of the world's properties (MINI.md). Scorer training and pretraining run side by side
+# validation of the world's properties (docs/WORLD.md). Scorer training and pretraining run side by side
 # on one thread each: measured on 2 cores, that takes 682 s (pretraining, the longer) against
 # 271 + 473 = 744 s when each takes both threads in turn (torch gains only 1.25-1.4x from a
 # second thread for scorer training). With ``base.split``, pretraining stops after ``at`` steps

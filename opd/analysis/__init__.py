@@ -17,9 +17,9 @@ Retention (:mod:`opd.analysis.retention`): :func:`retention_curves` and :func:`r
 (best / final / drop, cascade stage ends, gaps to the teachers) from ``metrics.csv``;
 ``opd retention`` writes them with the figure.
 
-Properties (:mod:`opd.analysis.properties`): MINI.md's properties 3 and 4 and DiffusionOPD's
-recovery of each teacher's gain from ``metrics.csv``; ``opd properties`` writes the table and the
-``recovery`` figure.
+Properties (:mod:`opd.analysis.properties`): the world's properties 3 and 4 (docs/WORLD.md) and
+DiffusionOPD's recovery of each teacher's gain from ``metrics.csv``; ``opd properties`` writes
+the table and the ``recovery`` figure.
 
 Figures (:mod:`opd.analysis.plots`, Agg backend): :func:`grad_variance_figure`,
 :func:`variance_caption`, :func:`retention_figure`, :func:`retention_caption`,

@@ -1,4 +1,4 @@
-"""MINI.md's properties 3 and 4, and the method's recovery bar, measured from ``metrics.csv``.
+"""The world's properties 3 and 4 (docs/WORLD.md) and the method's recovery, from ``metrics.csv``.
 
 Definitions (results/README.md states them for the reader):
 

@@ -1,4 +1,4 @@
-"""``opd properties``: MINI.md's properties 3 and 4 and the recovery bar from ``metrics.csv``.
+"""``opd properties``: the world's properties 3 and 4 and the recovery bar from ``metrics.csv``.
 
 ``opd properties --config C --metrics results/<p>/metrics.csv --out-dir results/<p>/tables
 [--ceilings results/<p>/tables/prompt_ceilings.json] [--figures-dir results/<p>/figures]``

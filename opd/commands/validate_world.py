@@ -1,4 +1,4 @@
-"""``opd validate-world``: MINI.md's properties 1 and 2 as a table (mini and smoke profiles)."""
+"""``opd validate-world``: the world's properties 1 and 2 (docs/WORLD.md) as a table."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Nothing here downloads anything. `build_tokenizer` makes a word-level fast token
 `tokenizers` library (whole words from a given vocabulary, unknown words spelled out letter by
 letter, so quoted text such as ``"ab"`` stays readable to the model). `build_tiny_flow_model`
 builds the mini world's pixel-space `FlowModel`: a diffusers `SD3Transformer2DModel` at tiny size
-plus a one-layer `CLIPTextModelWithProjection`, random weights from a seed (MINI.md measured this
-shape, 3 layers x 2 heads x 32, patch 2, ~0.47M parameters, at ~1,190 img/s training at 16x16).
+plus a one-layer `CLIPTextModelWithProjection`, random weights from a seed (a prototype
+measured this shape, 3 layers x 2 heads x 32, patch 2, ~0.47M parameters, at ~1,190 img/s
+training at 16x16).
 `build_tiny_sd3_pipeline_dir` writes a complete random SD3(.5)-shaped diffusers pipeline folder
 (transformer with a dual-attention layer and RMS qk-norm, AutoencoderKL, two CLIP towers with a
 hand-written byte-level BPE vocab.json / merges.txt, a Unigram T5 tokenizer and T5 encoder) so
@@ -107,7 +108,7 @@ def build_tokenizer(
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the mini world's model (defaults: MINI.md's calibrated prototype)."""
+    """Shape of the mini world's model (defaults: docs/WORLD.md's calibrated prototype)."""
 
     resolution: int = 16
     channels: int = 3
