@@ -1,4 +1,4 @@
-"""Validation of the mini world: MINI.md's properties 1 and 2, measured and tabulated.
+"""Validation of the mini world: docs/WORLD.md's properties 1 and 2, measured and tabulated.
 
 Property 1 (scorers are right): the rule-based compositional evaluator and text reader score
 >= 0.99 on clean renders of their own test prompts and <= 0.3 when the same images are scored
@@ -169,11 +169,12 @@ CEILING_RENDERS = 16
 
 
 def prompt_ceilings(
-    profile: dict[str, Any], renders: int = CEILING_RENDERS, seed: int = 7
+    profile: dict[str, Any], renders: int = CEILING_RENDERS, seed: int = 7, split: str = "test"
 ) -> dict[str, float]:
     """Each column's ceiling on the profile's evaluation prompts (the ``eval.prompts_per_task``
-    test prompts the base is scored on): per prompt the best score among ``renders`` clean
-    renders (independent layouts and styles), aggregated over the prompts as the column is."""
+    prompts of ``split`` the base is scored on): per prompt the best score among ``renders``
+    clean renders (independent layouts and styles), aggregated over the prompts as the column
+    is."""
     from opd.evaluation import column_value, stratified_prompts
     from opd.training.context import build_scorer, load_prompts
     from opd.worlds.mini import WorldConfig, layout_scenes, render
@@ -187,7 +188,7 @@ def prompt_ceilings(
     for column, spec in profile["benchmarks"].items():
         task = spec["task"]
         if task not in cache:
-            prompts, meta = stratified_prompts(*load_prompts(task, "test", profile), n)
+            prompts, meta = stratified_prompts(*load_prompts(task, split, profile), n)
             metas = [m for m in meta for _ in range(renders)]
             scenes = layout_scenes([spec_for(m, rng, world) for m in metas], rng, world)
             repeated = [p for p in prompts for _ in range(renders)]
