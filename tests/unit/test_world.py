@@ -190,16 +190,20 @@ def test_corpus_is_deterministic_and_captions_are_imperfect():
     assert words <= vocab
 
 
+# Every caption-noise rate of the corpus at zero.
+QUIET_CAPTIONS = dict(
+    caption_drop_color=0.0,
+    caption_drop_count=0.0,
+    caption_drop_relation=0.0,
+    caption_drop_text=0.0,
+    caption_wrong=0.0,
+    caption_generic=0.0,
+    caption_adjective=0.0,
+)
+
+
 def test_corpus_noise_rates_follow_the_config():
-    clean = WorldConfig(
-        caption_drop_color=0.0,
-        caption_drop_count=0.0,
-        caption_drop_relation=0.0,
-        caption_drop_text=0.0,
-        caption_wrong=0.0,
-        caption_generic=0.0,
-        caption_adjective=0.0,
-    )
+    clean = WorldConfig(**QUIET_CAPTIONS)
     corpus = W.corpus_scenes(500, seed=2, config=clean)
     assert corpus.captions == corpus.true_captions
 
@@ -215,16 +219,7 @@ def test_caption_confusions_name_the_partner_at_the_configured_rate():
 
     assert partner("AFJLM", "A") == "F" and partner("AFJLM", "F") == "A"
     assert partner("AFJLM", "M") == "M"  # odd length: the last is its own partner
-    quiet = dict(
-        caption_drop_color=0.0,
-        caption_drop_count=0.0,
-        caption_drop_relation=0.0,
-        caption_drop_text=0.0,
-        caption_wrong=0.0,
-        caption_generic=0.0,
-        caption_adjective=0.0,
-        extra_object_rate=0.0,
-    )
+    quiet = dict(QUIET_CAPTIONS, extra_object_rate=0.0)
     base = W.corpus_scenes(400, seed=4, config=WorldConfig(**quiet))
     off = W.corpus_scenes(400, seed=4, config=WorldConfig(**quiet, caption_confuse_text=0.0))
     assert off.captions == base.captions
