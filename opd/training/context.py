@@ -112,7 +112,7 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
 def load_base_model(profile: dict[str, Any]) -> Any:
     """The profile's base model (``paths.base``), with its feed-forward GELU in the form
     ``model.ff_gelu`` names when set (e.g. ``exact`` for a base pretrained in SD3's tanh form:
-    cheaper on x86 CPUs; see the README's performance section)."""
+    cheaper on x86 CPUs; see docs/PERFORMANCE.md)."""
     from opd.models import FlowModel
     from opd.models.base import set_ff_gelu
 

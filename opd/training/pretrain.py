@@ -126,7 +126,7 @@ def pretrain_base(
     mcfg = TinyModelConfig(resolution=world.resolution, **tiny)
     model = build_tiny_flow_model(mcfg, vocab, seed=seed)
     model.set_trainable("base", text_encoder=True)
-    # base.compile: the transformer's training step through torch.compile (README, performance)
+    # base.compile: the transformer's training step through torch.compile (docs/PERFORMANCE.md)
     compiled = maybe_compile(model.transformer, bool(base.get("compile", False)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(base["lr"]), weight_decay=0.0)

@@ -1,5 +1,5 @@
 """The CUDA OPD-step benchmark (benchmarks/cuda_opd_step.py): its CPU mode runs and writes what
-the README's performance table reads, and its analytic FLOP count equals FlopCounterMode's, on
+docs/PERFORMANCE.md's table reads, and its analytic FLOP count equals FlopCounterMode's, on
 the tiny model and on the full SD3.5-Medium shape (meta tensors: shapes only, no arithmetic)."""
 
 from __future__ import annotations

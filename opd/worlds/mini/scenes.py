@@ -78,7 +78,8 @@ class WorldConfig:
     # small for the detector to name both shapes of 16% of position scenes (0.98 overall);
     # "axis" lays the pair out along the relation's axis with half-extents in
     # [relation_min_radius_px, what fits] (detector 0.9975 at 16 px; a candidate for mini-3,
-    # whose base model and learned scorers still need calibrating: see the README).
+    # whose base model and learned scorers still need calibrating:
+    # benchmarks/results/mini2_status.md).
     relation_layout: str = "shrink"
     relation_min_radius_px: float = 2.7
     gap_px: float = 2.0  # free space between item boxes
