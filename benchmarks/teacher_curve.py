@@ -97,8 +97,32 @@ def column_ceilings(profile: dict[str, Any], task: str, split: str, n: int) -> d
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences ``a - b`` (same prompts and seeds)."""
+    from opd.analysis.properties import standard_error
+
     d = np.asarray(a) - np.asarray(b)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return float(d.mean()), standard_error(d)
+
+
+def _row(
+    variant: str,
+    step: int,
+    samples: int,
+    guidance: float,
+    column: str,
+    per_seed: list[float],
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "step": step,
+        "samples": samples,
+        "guidance": guidance,
+        "column": column,
+        "mean": float(np.mean(per_seed)),
+        "per_seed": per_seed,
+        **extra,
+    }
 
 
 def main() -> None:
@@ -128,19 +152,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="teacher_curve_"))
     rows: list[dict[str, Any]] = []
     for g, vals in base.items():
-        for col, v in vals.items():
-            rows.append(
-                {
-                    "variant": "base",
-                    "step": 0,
-                    "samples": 0,
-                    "guidance": g,
-                    "column": col,
-                    "mean": float(np.mean(v)),
-                    "per_seed": v,
-                }
-            )
-    samples_per_step = None
+        rows += [_row("base", 0, 0, g, col, v) for col, v in vals.items()]
     for variant, items in variants.items():
         profile = load_config(
             args.profile,
@@ -154,33 +166,18 @@ def main() -> None:
         t0 = time.time()
         train_run(profile, run, args.train_seed, run_dir, progress=False)
         train_s = time.time() - t0
-        tmodel = load_base_model(profile)
-        tev = TaskEvaluator(tmodel, profile, args.task, args.split, args.prompts, args.seeds)
-        created = False
         for path in ckpt.list_checkpoints(run_dir / "checkpoints"):
             tensors, manifest = ckpt.load_checkpoint(path)
-            info = manifest.get("adapter") or {}
-            if not created:
-                tmodel.add_adapter(STUDENT, **adapter_kwargs(info))
-                created = True
-            tmodel.load_adapter_state_dict(STUDENT, tensors["ema"])
+            if not model.has_adapter(STUDENT):  # the same adapter shape for every variant
+                model.add_adapter(STUDENT, **adapter_kwargs(manifest.get("adapter") or {}))
+            model.load_adapter_state_dict(STUDENT, tensors["ema"])
             step = int(manifest["step"])
             samples = int((manifest.get("compute") or {}).get("samples", 0))
-            samples_per_step = samples_per_step or (samples // max(step, 1))
             for g in scales:
-                for col, v in tev(STUDENT, g).items():
-                    rows.append(
-                        {
-                            "variant": variant,
-                            "step": step,
-                            "samples": samples,
-                            "guidance": g,
-                            "column": col,
-                            "mean": float(np.mean(v)),
-                            "per_seed": v,
-                            "train_s": train_s,
-                        }
-                    )
+                rows += [
+                    _row(variant, step, samples, g, col, v, train_s=train_s)
+                    for col, v in ev(STUDENT, g).items()
+                ]
     # paired gains over the base with CFG; headroom to the column's bound (compose, text) or
     # to the best of 16 clean renders of the same prompts (learned scorers), capped at 1
     ceiling = column_ceilings(base_profile, args.task, args.split, args.prompts)
