@@ -119,7 +119,7 @@ rule check_properties:
     input:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
-        ceilings=prompt_ceilings(),
+        ceilings=world_table("prompt_ceilings.json"),
     output:
         csv=report(
             f"{TABLES_DIR}/properties.csv",
@@ -146,7 +146,7 @@ rule check_properties:
         key=config_key("benchmarks", "tasks"),
         out=output_dir,
         figures=lambda wildcards, output: os.path.dirname(output.png),
-        ceilings=ceilings_arg,
+        ceilings=input_flag("ceilings"),
     shell:
         "opd properties --config {input.cfg} --metrics {input.metrics} {params.ceilings}"
         " --out-dir {params.out} --figures-dir {params.figures} > {log} 2>&1"

@@ -490,24 +490,21 @@ def table_targets():
     return [*files, f"{TABLES_DIR}/retention.csv", f"{TABLES_DIR}/properties.csv"]
 
 
-def world_bounds():
-    """Each column's floor and ceiling from the world validation (profiles with a world)."""
-    return [f"{TABLES_DIR}/world_bounds.json"] if "world" in CFG else []
+def world_table(name):
+    """A table the world validation writes (``world_bounds.json``: each column's floor and
+    ceiling; ``prompt_ceilings.json``: its best-of-16 clean-render ceiling per prompt), as an
+    input list: empty for profiles without a world."""
+    return [f"{TABLES_DIR}/{name}"] if "world" in CFG else []
 
 
-def prompt_ceilings():
-    """Each column's best-of-16 clean-render ceiling on the evaluation prompts (world profiles)."""
-    return [f"{TABLES_DIR}/prompt_ceilings.json"] if "world" in CFG else []
+def input_flag(name):
+    """A params function giving ``--<name> FILE`` for the rule's input ``name``, or nothing when
+    that input is empty (a profile without a world)."""
 
+    def flag(wildcards, input):
+        return f"--{name} {input[name]}" if input[name] else ""
 
-def ceilings_arg(wildcards, input):
-    """``--ceilings FILE`` for the headroom of properties 3 and recovery, where there is one."""
-    return f"--ceilings {input.ceilings}" if input.ceilings else ""
-
-
-def bounds_arg(wildcards, input):
-    """``--bounds FILE`` for the Average's world bounds, where the profile has a world."""
-    return f"--bounds {input.bounds}" if input.bounds else ""
+    return flag
 
 
 def figure_targets():

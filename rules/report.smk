@@ -7,7 +7,7 @@ rule make_tables:
     input:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
-        bounds=world_bounds(),
+        bounds=world_table("world_bounds.json"),
     output:
         table_outputs(),
     log:
@@ -17,7 +17,7 @@ rule make_tables:
     params:
         key=config_key("benchmarks", "tasks", "methods", "table1", "ablations"),
         out=output_dir,
-        bounds=bounds_arg,
+        bounds=input_flag("bounds"),
     shell:
         "opd tables --config {input.cfg} --metrics {input.metrics} {params.bounds}"
         " --out-dir {params.out} > {log} 2>&1"
@@ -28,7 +28,7 @@ rule make_figures:
         cfg=ancient(CONFIG_FILE),
         metrics=METRICS,
         samples=grid_sample_files(),
-        bounds=world_bounds(),
+        bounds=world_table("world_bounds.json"),
     output:
         figure_outputs(),
     log:
@@ -38,7 +38,7 @@ rule make_figures:
     params:
         key=config_key("benchmarks", "tasks", "methods", "table1", "ablations"),
         out=output_dir,
-        bounds=bounds_arg,
+        bounds=input_flag("bounds"),
         samples=grid_sample_args(),
     shell:
         "opd figures --config {input.cfg} --metrics {input.metrics} {params.samples} {params.bounds}"
