@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -28,6 +29,53 @@ SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.json"
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
+
+
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: ``3e-4``, ``1e5`` and
+# ``1.0e5`` stay strings. That is how learning rates are written, so every config reader here
+# (files, ``--set``, Snakemake's ``--config`` and ``--configfile``) reads them as YAML 1.2 does.
+_EXPONENT_FLOAT = r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+"
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent floats without a dot or exponent sign."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(f"^{_EXPONENT_FLOAT}$"), list("-+0123456789.")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Read config YAML: ``yaml.safe_load``, but ``3e-4`` is a number (see ``ConfigLoader``)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def numbers_as_floats(value: Any) -> Any:
+    """``value`` with every string leaf written as an exponent float (``'3e-4'``) made a float:
+    for values that another YAML 1.1 reader has parsed already (Snakemake's ``--configfile``)."""
+    if isinstance(value, Mapping):
+        return {k: numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [numbers_as_floats(v) for v in value]
+    if isinstance(value, str) and re.fullmatch(_EXPONENT_FLOAT, value):
+        return float(value.replace("_", ""))
+    return value
+
+
+def yaml_leaves(value: Any) -> Any:
+    """``value`` with every string leaf read as config YAML: Snakemake reads nested ``--config``
+    values with YAML's BaseLoader, as strings, so that ``'seeds=[0,1]'`` gives integers here."""
+    if isinstance(value, Mapping):
+        return {k: yaml_leaves(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [yaml_leaves(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return load_yaml(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,18 +96,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file is not UTF-8: {path} ({err})") from None
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (value read as YAML) into a key path and a value."""
+    """Parse ``a.b.c=value`` (value read as config YAML) into a key path and a value."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)
-    return key.split("."), yaml.safe_load(raw)
+    return key.split("."), load_yaml(raw)
 
 
 def apply_overrides(cfg: dict[str, Any], items: list[str]) -> dict[str, Any]:
@@ -80,8 +128,12 @@ def load_config(
     set_items: list[str] | None = None,
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
-    """Load, merge and validate the configuration of ``profile`` (default: ``mini``)."""
-    overrides = dict(overrides or {})
+    """Load, merge and validate the configuration of ``profile`` (default: ``mini``).
+
+    ``overrides`` (Snakemake's config) may come from another YAML 1.1 reader: their exponent
+    floats written as strings are read as numbers.
+    """
+    overrides = numbers_as_floats(dict(overrides or {}))
     profile = profile or overrides.get("profile") or "mini"
     profile_path = config_dir / "profiles" / f"{profile}.yaml"
     if not profile_path.exists():

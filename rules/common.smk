@@ -11,31 +11,21 @@ import re
 import shutil
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 
-from opd.config import ConfigError, config_hash, deep_merge, load_config, write_resolved
+from opd.config import (
+    ConfigError,
+    config_hash,
+    deep_merge,
+    load_config,
+    write_resolved,
+    yaml_leaves,
+)
 from opd.registry import METHODS, SCORERS
 from opd.reporting import FIGURES, TABLES
 
 # ---------------------------------------------------------------------------------------------
 # The configuration: profile + defaults + --config/--configfile overrides, validated at parse time.
-
-
-def yaml_leaves(value):
-    """Nested ``--config`` values arrive as strings (Snakemake reads them with YAML's
-    BaseLoader); read each string leaf as YAML so that ``'seeds=[0,1]'`` gives integers.
-    """
-    if isinstance(value, dict):
-        return {k: yaml_leaves(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [yaml_leaves(v) for v in value]
-    if isinstance(value, str):
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-    return value
 
 
 def cli_overrides():

@@ -555,14 +555,14 @@ def serve_stdio(scorer: Scorer, stdin: Any = None, stdout: Any = None) -> None:
 # command line: serve a registered scorer's local backend
 # --------------------------------------------------------------------------------------------
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
+    from opd.config import load_yaml
 
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--option expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key] = yaml.safe_load(raw)
+        out[key] = load_yaml(raw)
     return out
 
 
@@ -666,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     k.add_argument("--backoff", type=float, default=2.0)
     args = p.parse_args(argv)
     if args.cmd == "check":
-        import yaml
+        from opd.config import load_yaml
 
         # the importable module's classes (under `python -m` this one is __main__, whose
         # classes are not those the scorer factories build)
@@ -675,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options: dict[str, Any] = {}
         if args.config:
             with open(args.config, encoding="utf-8") as fh:
-                cfg = yaml.safe_load(fh) or {}
+                cfg = load_yaml(fh.read()) or {}
             options = dict((cfg.get("scorer_options") or {}).get(args.scorer) or {})
         options.update(_parse_options(args.option))
         try:
