@@ -527,12 +527,3 @@ def write_tables(tables: Mapping[str, Table], cfg: Mapping[str, Any], out_dir: P
                 path.write_text(text, encoding="utf-8")
             written.append(path)
     return written
-
-
-def normalised_final(
-    metrics: pd.DataFrame, cfg: Mapping[str, Any]
-) -> tuple[pd.DataFrame, dict[str, Bound]]:
-    """Final values per (run, seed) and Table 1's bounds (shared with the figures)."""
-    columns = benchmark_columns(cfg)
-    final = final_values(checkpoint_values(metrics, columns))
-    return final, average_bounds(final, cfg, table1_rows(cfg))

@@ -23,19 +23,7 @@ from typing import Any
 import numpy as np
 
 from opd.registry import SCORERS
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+from opd.rewards.text import levenshtein
 
 
 def target_text(prompt: str, metadata: dict[str, Any] | None = None) -> str:
