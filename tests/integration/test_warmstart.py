@@ -2,7 +2,8 @@
 
 One server for the module (it imports torch & co. once, about 8 s). Each test runs the real
 ``opd`` console script as a subprocess, as a workflow job does, and tells a warm run from a cold
-one by the server's usage ledger.
+one by the server's usage ledger (one line per job a worker ran; a cold job writes none) or by
+the worker process the server forks: every test of a warm job fails when the job runs cold.
 """
 
 from __future__ import annotations
@@ -128,7 +129,12 @@ def test_a_signalled_or_killed_client_takes_its_worker_with_it(server, tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    worker = _worker_of(srv)
+    try:
+        worker = _worker_of(srv)  # none: the job ran cold
+    except AssertionError:
+        client.kill()  # not minutes of cold pretraining left behind
+        client.wait()
+        raise
     assert worker.is_running()
     client.send_signal(sig)
     rc = client.wait(timeout=30)
