@@ -69,6 +69,7 @@ def test_a_state_saved_under_another_config_is_refused(six_steps, tmp_path):
         pretrain_base(six_steps, tmp_path / "m", progress=False, state=state, stop_at=6)
 
 
+@pytest.mark.slow
 def test_compiled_pretraining_resumes_like_an_unbroken_run(six_steps, tmp_path):
     """``base.compile``: the split jobs of a compiled run give the compiled unbroken run's
     weights, saved under the plain parameter names, and the run says it was compiled."""

@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ def test_readme_example_is_short_and_complete():
     assert "@METHODS.register(" in code
 
 
+@pytest.mark.slow
 def test_readme_example_baseline_trains_on_smoke(smoke_stage1, tmp_path):
     code = readme_example()
     name = re.search(r'@METHODS.register\("(\w+)"\)', code).group(1)

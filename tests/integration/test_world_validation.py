@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from opd.evaluation import evaluate_base
 from opd.validation import floor_evaluation, prompt_ceilings, validate_world, validation_profile
 
 
+@pytest.mark.slow
 def test_property_2_uses_the_validation_prompts(smoke_stage1: dict, tmp_path: Path) -> None:
     cfg = copy.deepcopy(smoke_stage1)
     n_eval = int(cfg["eval"]["prompts_per_task"])

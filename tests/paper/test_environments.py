@@ -27,6 +27,7 @@ def test_the_expected_files_exist() -> None:
     assert {"opd.yaml", "train.yaml", "geneval.yaml", "scorers.yaml"} <= {p.name for p in ENVS}
 
 
+@pytest.mark.slow  # a linter
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     exe = shutil.which("hadolint")

@@ -51,6 +51,7 @@ def test_pp_ocr_reads_rendered_text() -> None:
     assert scores[2] == 0.0  # nothing to read: the whole target is missing
 
 
+@pytest.mark.slow
 def test_ocr_served_by_the_service_cli_over_json_lines() -> None:
     """The real server side: ``python -m opd.rewards.paper.service serve --stdio``."""
     import sys

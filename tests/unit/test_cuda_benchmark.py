@@ -27,6 +27,7 @@ def _bench():
     return module
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_writes_the_json(tmp_path: Path) -> None:
     stdout, data = run_benchmark(
         SCRIPT, ["--tiny"], tmp_path / "tiny.json", timeout=300, CUDA_VISIBLE_DEVICES=""
@@ -53,6 +54,7 @@ def test_tiny_cpu_run_writes_the_json(tmp_path: Path) -> None:
     assert data["model_evals_per_step"] == evals
 
 
+@pytest.mark.slow
 def test_analytic_flops_match_flop_counter_at_full_size() -> None:
     import torch
     from diffusers import SD3Transformer2DModel

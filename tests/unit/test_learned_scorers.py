@@ -163,6 +163,7 @@ def _tiny_cfg(steps: int, **kw) -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_preference_model_learns_toy_utility():
     model, vocab, losses = fit_preference(toy_pairs(4000, 0), _tiny_cfg(250), seed=0)
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])

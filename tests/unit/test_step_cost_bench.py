@@ -16,6 +16,8 @@ from tests.benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "step_cost.py"
+pytestmark = pytest.mark.slow  # the quick benchmark runs for minutes
+
 METHODS = {"opd", "grpo", "grpo_guard", "nft", "multitask_grpo_guard"}
 SAMPLERS = {"ode", "flow_sde", "dance_sde", "dpm2m"}
 

@@ -20,6 +20,9 @@ import yaml
 from opd.config import load_config
 from opd.reporting import FIGURES
 
+# every test starts Snakemake (a few seconds each): not in the fast run
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
 CONFIG = REPO / "config" / "config.yaml"
@@ -257,7 +260,6 @@ else:
 '''
 
 
-@pytest.mark.slow
 def test_finished_workflow_reruns_nothing_and_tables_alone_regenerate(tmp_path):
     import os
 
@@ -295,7 +297,6 @@ def test_finished_workflow_reruns_nothing_and_tables_alone_regenerate(tmp_path):
     assert "Generated caption of recovery" in report.read_text()
 
 
-@pytest.mark.slow
 def test_split_pretraining_runs_as_two_jobs_and_leaves_no_state(tmp_path):
     """The real ``opd`` through Snakemake: the head job saves the state, the second job resumes
     from it on the configured threads, Snakemake deletes the state, and nothing reruns."""

@@ -20,6 +20,9 @@ from opd.config import load_config
 from opd.registry import SCORERS
 from tests.workflow.test_dag import expected_runs, job_stats, snakemake
 
+# every test starts Snakemake (a few seconds each): not in the fast run
+pytestmark = pytest.mark.slow
+
 PAPER_ONLY = {
     "fetch_prompts",
     "fetch_teacher",
