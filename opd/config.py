@@ -221,7 +221,8 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
 
 
 def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any]]:
-    """The method name and the config section of run ``run``, ``method_defaults`` merged in.
+    """The method name and the config section of run ``run``, ``method_defaults`` merged in:
+    the one place that maps a run to its method (training, evaluation, reporting, the rules).
 
     ``run`` is a key of ``methods`` or ``teacher_<task>``, whose section is the task's
     ``teacher`` entry (its ``guidance`` also serves as its evaluation guidance; its ``tasks``
@@ -249,6 +250,17 @@ def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any
         section.setdefault("eval_guidance", guidance)
     section.setdefault("tasks", [task])
     return name, section
+
+
+def resolve_method(cfg: Mapping[str, Any], run: str) -> tuple[type, Any, dict[str, Any]]:
+    """The method class, its validated config dataclass and the raw section (``method``
+    included) of run ``run``, as :func:`method_section` resolves it; imports the registry."""
+    from opd.registry import METHODS
+
+    name, section = method_section(cfg, run)
+    cls = METHODS.get(name)
+    method_cfg = build_dataclass(cls.Config, section, f"methods.{run}")
+    return cls, method_cfg, {"method": name, **section}
 
 
 def _check_scorer_names(cfg: Mapping[str, Any]) -> None:

@@ -216,7 +216,7 @@ def _save_samples(path: Path | None, samples: dict[str, Any]) -> None:
 
 def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
     """The CFG scale a run is evaluated at (its own ``eval_guidance`` or the profile's)."""
-    from opd.training.loop import resolve_method
+    from opd.config import resolve_method
 
     _, cfg, _ = resolve_method(profile, run)
     return eval_guidance(cfg, profile)
@@ -235,9 +235,9 @@ def run_eval_settings(
     without ``run.json`` falls back to ``profile``; one that holds another run is a
     :class:`~opd.config.ConfigError`.
     """
-    from opd.config import ConfigError, build_dataclass
+    from opd.config import ConfigError, build_dataclass, resolve_method
     from opd.registry import METHODS
-    from opd.training.loop import read_run_info, resolve_method, run_config_hash
+    from opd.training.loop import read_run_info, run_config_hash
 
     try:
         _, given_cfg, given_section = resolve_method(profile, run)
@@ -417,8 +417,8 @@ def evaluate_adapter(
     Its rows are the run's final checkpoint (stage ``final``, step 0) with zero compute: the
     adapter's training is not ours to count.
     """
+    from opd.config import resolve_method
     from opd.training.context import load_base_model
-    from opd.training.loop import resolve_method
 
     model = load_base_model(profile)
     evaluator = Evaluator(model, profile)

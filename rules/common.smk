@@ -18,6 +18,7 @@ from opd.config import (
     config_hash,
     deep_merge,
     load_config,
+    method_section,
     write_resolved,
     yaml_leaves,
 )
@@ -331,12 +332,9 @@ def scorer_gpus(wildcards):
     return EVAL_RESOURCES["gpu"] if str(device).startswith("cuda") else 0
 
 
-def method_of(run):
-    return (CFG["methods"].get(run) or {}).get("method", run)
-
-
 def needs_teachers(run):
-    return bool(METHODS.get(method_of(run)).needs_teachers)
+    """Whether run ``run`` (a method run or ``teacher_<task>``) distils from the teachers."""
+    return bool(METHODS.get(method_section(CFG, run)[0]).needs_teachers)
 
 
 def train_inputs(wildcards):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from opd.config import method_section
 from opd.reporting import METRIC_COLUMNS
 
 BASE_RUNS = ("base_nocfg", "base_cfg")
@@ -36,13 +37,14 @@ def role_of(run: str, cfg: Mapping[str, Any]) -> str:
 
 
 def method_of(run: str, cfg: Mapping[str, Any]) -> str:
-    """The registered method name of a run (teachers: their task's teacher method)."""
+    """The registered method name of a run (``base`` for the base model's rows; a run the
+    config does not define, or a teacher that trains nothing, is named after itself)."""
     if run in BASE_RUNS:
         return "base"
-    if run.startswith(TEACHER_PREFIX):
-        task = run.removeprefix(TEACHER_PREFIX)
-        return str(cfg["tasks"].get(task, {}).get("teacher", {}).get("method", run))
-    return str((cfg.get("methods", {}).get(run) or {}).get("method", run))
+    try:
+        return method_section(cfg, run)[0]
+    except KeyError:
+        return run
 
 
 def world_version(cfg: Mapping[str, Any]) -> str:

@@ -62,7 +62,7 @@ class Bound:
 
 def run_info(cfg: Mapping[str, Any]) -> dict[str, RunInfo]:
     """RunInfo of every configured run, resolved through the method registry."""
-    from opd.training.loop import resolve_method
+    from opd.config import resolve_method
 
     info = {}
     for run in cfg.get("methods", {}):

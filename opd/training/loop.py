@@ -32,13 +32,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from opd.config import build_dataclass, config_hash, method_section
+from opd.config import config_hash, resolve_method
 from opd.faults import maybe_fail
-from opd.registry import METHODS
 from opd.training import checkpoint as ckpt
 from opd.training.base import (
     STUDENT,
-    Method,
     RunContext,
     keyed_seed,
     lora_settings,
@@ -52,14 +50,6 @@ METRICS_LOG = "metrics.csv"
 
 class NonFiniteError(FloatingPointError):
     """A NaN or Inf in a loss, reward or gradient; the message names the step and component."""
-
-
-def resolve_method(profile: dict[str, Any], run: str) -> tuple[type[Method], Any, dict]:
-    """The method class, its validated config and the raw section of run ``run``."""
-    name, section = method_section(profile, run)
-    cls = METHODS.get(name)
-    cfg = build_dataclass(cls.Config, section, f"methods.{run}")
-    return cls, cfg, {"method": name, **section}
 
 
 def run_guidance(profile: dict[str, Any], run: str) -> float:

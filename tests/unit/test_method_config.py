@@ -64,3 +64,19 @@ def test_a_teacher_is_distilled_at_the_guidance_it_trained_with(monkeypatch) -> 
     monkeypatch.setattr(context, "make_reward", lambda *args, **kwargs: None)
     ctx = context.build_context(cfg, 0, ComputeCounter(), {}, model=object())
     assert {t: ctx.tasks[t].teacher_guidance for t in expected} == expected
+
+
+def test_reporting_names_every_run_by_the_config_resolver() -> None:
+    """``opd.reporting.collect.method_of`` reads ``method_section`` (teachers included), with
+    its own names only for rows that no run section describes."""
+    from opd.config import method_section
+    from opd.reporting.collect import method_of
+
+    cfg = load_config("mini")
+    runs = [*cfg["methods"], *(f"teacher_{task}" for task in cfg["tasks"])]
+    assert {run: method_of(run, cfg) for run in runs} == {
+        run: method_section(cfg, run)[0] for run in runs
+    }
+    assert method_of("teacher_text", cfg) == cfg["tasks"]["text"]["teacher"]["method"]
+    assert method_of("base_cfg", cfg) == "base"
+    assert method_of("no_such_run", cfg) == "no_such_run"
