@@ -339,3 +339,20 @@ def test_shrink_layout_left_relation_objects_smaller_than_the_axis_layout() -> N
     # what the detector names reliably; mini-3's axis layout keeps them at >= 2.7 px.
     assert np.mean(shrunk.size[:, :2].min(1) < cfg.relation_min_radius_px) > 0.5
     assert axis.size[:, :2].min() >= cfg.relation_min_radius_px - 1e-5
+
+
+def test_scaled_font_blows_up_each_glyph_and_reads_back() -> None:
+    from opd.rewards.text import TextScorer
+
+    base, big = W.get_font("3x5"), W.get_font("3x5x2")
+    assert (big.height, big.width, big.gap) == (10, 6, 2)
+    for c, g in base.glyphs.items():  # each source pixel becomes a 2x2 block
+        assert np.array_equal(big.glyphs[c], np.repeat(np.repeat(g, 2, 0), 2, 1))
+    cfg = WorldConfig(resolution=16, font="3x5x2", max_text_len=1, text_align="corner")
+    images, prompts, meta = W.sample_scenes("text", 64, 0, config=cfg)
+    scorer = TextScorer(cfg)
+    assert scorer(images, prompts, meta).mean() == 1.0
+    shuffled = [meta[(i + 1) % len(meta)] for i in range(len(meta))]
+    assert scorer(images, prompts, shuffled).mean() < 0.5
+    with pytest.raises(ValueError, match="unknown font"):
+        WorldConfig(font="3x5x0")

@@ -95,22 +95,25 @@ def _parse(rows: str) -> np.ndarray:
 
 @cache
 def get_font(name: str) -> Font:
-    """The font called ``name`` (one of :data:`FONT_NAMES`)."""
-    if name not in _SOURCES:
-        raise KeyError(f"unknown font {name!r}; known: {', '.join(FONT_NAMES)}")
-    glyphs = {c: _parse(s) for c, s in _SOURCES[name].items()}
+    """The font called ``name``: one of :data:`FONT_NAMES`, or ``"<font>x<k>"`` for that font
+    scaled ``k`` times (each pixel a k x k block, gap k: ``"3x5x2"`` draws 6x10 glyphs)."""
+    base, scale = name, 1
+    if name not in _SOURCES and name.count("x") == 2:
+        base, _, k = name.rpartition("x")
+        scale = int(k) if k.isdigit() else 0
+    if base not in _SOURCES or scale < 1:
+        raise KeyError(
+            f"unknown font {name!r}; known: {', '.join(FONT_NAMES)}, or one scaled as '3x5x2'"
+        )
+    block = np.ones((scale, scale), dtype=bool)
+    glyphs = {c: np.kron(_parse(s), block).astype(bool) for c, s in _SOURCES[base].items()}
     h, w = next(iter(glyphs.values())).shape
     for c, g in glyphs.items():
         if g.shape != (h, w) or not (g.any(1).all() and g[:, 0].any() and g[:, -1].any()):
             raise AssertionError(f"glyph {c!r} of font {name} breaks the font's layout rules")
-    return Font(name=name, height=h, width=w, gap=1, glyphs=glyphs)
+    return Font(name=name, height=h, width=w, gap=scale, glyphs=glyphs)
 
 
 def font_for_resolution(resolution: int) -> str:
     """The font used at ``resolution`` when the config names none: 3x5 below 20 px, else 5x7."""
     return "3x5" if resolution < 20 else "5x7"
-
-
-def glyph_letters(name: str) -> str:
-    """All letters the font ``name`` can draw."""
-    return "".join(sorted(_SOURCES[name]))

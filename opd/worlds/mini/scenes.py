@@ -50,7 +50,8 @@ class WorldConfig:
         ("magenta", (200, 40, 200)),
     )
     alphabet: str = "AFJLMSTZ"
-    font: str | None = None  # None: 3x5 below 20 px, 5x7 otherwise
+    # None: 3x5 below 20 px, 5x7 otherwise; "3x5x2": the 3x5 font scaled twice (6x10 glyphs)
+    font: str | None = None
     max_count: int = 4
     counting_counts: tuple[int, ...] = (2, 3, 4)
     max_text_len: int = 3
@@ -135,6 +136,11 @@ class WorldConfig:
             self.text_validation_per_length
         ):
             raise ValueError("validation sizes must be >= 0 (text: one or more entries)")
+        if self.font is not None:
+            try:
+                get_font(self.font)
+            except KeyError as err:
+                raise ValueError(str(err.args[0])) from None
         if self.relation_layout not in ("axis", "shrink"):
             raise ValueError(
                 f"relation_layout must be 'axis' or 'shrink', got {self.relation_layout!r}"
