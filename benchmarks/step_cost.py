@@ -78,7 +78,7 @@ class Call:
 
     @property
     def evals(self) -> int:
-        """Model evaluations in the convention of docs/WORLD.md (a backward counts 2 more)."""
+        """Model evaluations in the convention of docs/mini_world.md (a backward counts 2 more)."""
         return self.batch * (3 if self.grad else 1)
 
 
@@ -305,7 +305,7 @@ def _cfg_factor(guidance: float) -> int:
 
 
 def expected_evals(m: Any, iterations: Sequence[int]) -> int:
-    """Model evaluations that the mathematics of ``m.step`` requires (docs/WORLD.md)."""
+    """Model evaluations that the mathematics of ``m.step`` requires (docs/mini_world.md)."""
     from opd.training.distill import DiffusionOPD
     from opd.training.rl import DiffusionNFT, FlowGRPO
 

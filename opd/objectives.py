@@ -4,7 +4,7 @@ log-ratio REINFORCE alternatives, and the GRPO / GRPO-Guard pieces the teachers 
 Every function returns a per-sample (B,) tensor (the caller averages over the batch and sums or
 averages over steps), computed in at least float32. Squared errors are averaged over the
 non-batch (latent) elements, so the closed-form SDE loss is the reverse KL between the two
-Gaussian kernels divided by the element count D (docs/METHOD.md; paper Eqs. 11-12). Log-probs
+Gaussian kernels divided by the element count D (docs/method.md; paper Eqs. 11-12). Log-probs
 follow whatever convention the caller used to compute them (element mean, Flow-GRPO's, or the
 true summed density): the estimators are written for either, and the docstrings say where the
 convention matters. Each objective is registered in :data:`opd.registry.OBJECTIVES`.

@@ -253,7 +253,7 @@ def sde_step(
     noise: Tensor | None = None,
     prev_sample: Tensor | None = None,
 ) -> StepOutput:
-    """One Flow-GRPO SDE step (docs/METHOD.md), noise level ``a = noise_level``.
+    """One Flow-GRPO SDE step (docs/method.md), noise level ``a = noise_level``.
 
     ``sigma_t = a sqrt(t/(1-t))`` (next grid point in the denominator at t = 1);
     mean ``mu = x - h [v + sigma_t^2/(2t) (x + (1-t) v)]``, evaluated as ``A x - c h v`` with

@@ -1,4 +1,4 @@
-"""Validation of the mini world: docs/WORLD.md's properties 1 and 2, measured and tabulated.
+"""Validation of the mini world: docs/mini_world.md's properties 1 and 2, measured and tabulated.
 
 Property 1 (scorers are right): the rule-based compositional evaluator and text reader score
 >= 0.99 on clean renders of their own test prompts and <= 0.3 when the same images are scored

@@ -1,7 +1,7 @@
 # Stage 0 of the mini world: the synthetic world, its learned scorers, the base model, and the
-# validation of the world's properties (docs/WORLD.md). Scorer training and pretraining run side by side
-# on one thread each: measured on 2 cores, that takes 682 s (pretraining, the longer) against
-# 271 + 473 = 744 s when each takes both threads in turn (torch gains only 1.25-1.4x from a
+# validation of the world's properties (docs/mini_world.md). Scorer training and pretraining run
+# side by side on one thread each: measured on 2 cores, that takes 682 s (pretraining, the longer)
+# against 271 + 473 = 744 s when each takes both threads in turn (torch gains only 1.25-1.4x from a
 # second thread for scorer training). With ``base.split``, pretraining stops after ``at`` steps
 # (about when scorer training ends) and a second job resumes it on both threads (1.6x faster per
 # step at batch 128), instead of leaving the second core idle. The paper profile has no world

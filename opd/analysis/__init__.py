@@ -17,7 +17,7 @@ Retention (:mod:`opd.analysis.retention`): :func:`retention_curves` and :func:`r
 (best / final / drop, cascade stage ends, gaps to the teachers) from ``metrics.csv``;
 ``opd retention`` writes them with the figure.
 
-Properties (:mod:`opd.analysis.properties`): the world's properties 3 and 4 (docs/WORLD.md) and
+Properties (:mod:`opd.analysis.properties`): the world's properties 3 and 4 (docs/mini_world.md) and
 DiffusionOPD's recovery of each teacher's gain from ``metrics.csv``; ``opd properties`` writes
 the table and the ``recovery`` figure.
 

@@ -1,4 +1,5 @@
-"""The world's properties 3 and 4 (docs/WORLD.md) and the method's recovery, from ``metrics.csv``.
+"""The world's properties 3 and 4 (docs/mini_world.md) and the method's recovery, from
+``metrics.csv``.
 
 Definitions (results/README.md states them for the reader):
 

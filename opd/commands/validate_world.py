@@ -1,4 +1,4 @@
-"""``opd validate-world``: the world's properties 1 and 2 (docs/WORLD.md) as a table."""
+"""``opd validate-world``: the world's properties 1 and 2 (docs/mini_world.md) as a table."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def build_tokenizer(
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the mini world's model (defaults: docs/WORLD.md's calibrated prototype)."""
+    """Shape of the mini world's model (defaults: docs/mini_world.md's calibrated prototype)."""
 
     resolution: int = 16
     channels: int = 3

@@ -368,10 +368,11 @@ def bounds_lines(table: Table) -> list[str]:
 
 
 def fairness_lines(table: Table, reference: str = "opd") -> list[str]:
-    """docs/WORLD.md's fairness rule, checked on the measured compute: every trained run that learns
-    without teachers (multi-task, cascade, weighted-sum RL) should have used at least the model
-    evaluations of the teachers plus DiffusionOPD (``reference``'s total). A header line, then
-    one line per run with its ratio, a ratio below 1 flagged; empty without the reference row."""
+    """docs/mini_world.md's fairness rule, checked on the measured compute: every trained run that
+    learns without teachers (multi-task, cascade, weighted-sum RL) should have used at least the
+    model evaluations of the teachers plus DiffusionOPD (``reference``'s total). A header line,
+    then one line per run with its ratio, a ratio below 1 flagged; empty without the reference
+    row."""
     df = table.data
     ref = df[df["run"] == reference]
     if ref.empty or not float(ref["evals_total"].iloc[0]) > 0:
@@ -387,7 +388,7 @@ def fairness_lines(table: Table, reference: str = "opd") -> list[str]:
     if not lines:
         return []
     head = (
-        "Fairness (docs/WORLD.md): the runs without teachers against the teachers + "
+        "Fairness (docs/mini_world.md): the runs without teachers against the teachers + "
         f"{reference} total of {format_count(budget)} model evaluations:"
     )
     return [head, *lines]

@@ -38,7 +38,7 @@ def mini(tmp_path_factory) -> tuple[FlowModel, FlowModel]:
 def test_mini_model_size_and_reload_is_bitwise(mini) -> None:
     m, r = mini
     n = sum(p.numel() for p in m.transformer.parameters())
-    assert 0.4e6 < n < 0.5e6  # docs/WORLD.md's prototype: 0.47M
+    assert 0.4e6 < n < 0.5e6  # docs/mini_world.md's prototype: 0.47M
     e1, e2 = m.encode_prompts(PROMPTS), r.encode_prompts(PROMPTS)
     assert torch.equal(e1.hidden, e2.hidden) and torch.equal(e1.pooled, e2.pooled)
     x = torch.randn(m.latent_shape(4), generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
 """Fault injection: runs that survive interruption, corruption, numerical faults and bad input,
 and lose nothing.
 
-Each test injects one or more faults and checks the outcome docs/FAULTS.md promises: the same
+Each test injects one or more faults and checks the outcome docs/reliability.md promises: the same
 weights and metrics after a resume, or a clear error that names the culprit (file, key, step, task,
 scorer, service) raised before compute where possible,
 with the last good checkpoint left intact. Every fault is counted through the ``fault`` fixture
@@ -13,7 +13,7 @@ Speed: everything but the workflow test runs in-process on the smoke profile's s
 part of the smoke workflow (training ``teacher_composition`` and ``teacher_text`` as two
 parallel jobs, then evaluating ``teacher_text``) in a temporary working directory that holds
 the smoke stage-1 artifacts of the session fixture, kills the workflow's whole process group
-twice (mid-checkpoint-write, mid-evaluation), unlocks and reruns as docs/FAULTS.md says, and
+twice (mid-checkpoint-write, mid-evaluation), unlocks and reruns as docs/reliability.md says, and
 compares with an uninterrupted in-process reference under the same resolved config. The full
 smoke workflow takes about 7 minutes on two cores, far too long to run twice here; every job
 of it runs the same ``opd train`` / ``opd evaluate`` code paths exercised here.

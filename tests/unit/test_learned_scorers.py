@@ -1,7 +1,7 @@
 """Learned scorers (pick / hps / clip / pref2) and the held-out metrics of the mini world.
 
 Fast tests train tiny models on a toy problem with a known utility; the full accuracy bars of
-docs/WORLD.md property 1 on the real world's data are checked in tests marked ``slow``.
+docs/mini_world.md property 1 on the real world's data are checked in tests marked ``slow``.
 """
 
 from __future__ import annotations

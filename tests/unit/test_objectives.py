@@ -68,7 +68,7 @@ def test_velocity_form_matches_mean_form() -> None:
         from_means = O.opd_loss(out_s.mean, out_t.mean, out_s.std)
         from_v = O.opd_loss_from_velocity(v_s, v_t, t, tn, a)
         assert torch.allclose(from_v, from_means, rtol=1e-12)
-        if t < 1:  # docs/METHOD.md's explicit weights
+        if t < 1:  # docs/method.md's explicit weights
             w = (1 + a * a / 2) ** 2 * h * (1 - t) / (2 * a * a * t)
         else:
             w = h * (1 - tn) / (2 * a * a)

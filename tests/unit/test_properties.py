@@ -1,4 +1,5 @@
-"""docs/WORLD.md's properties 3 and 4 and the recovery bar on hand-made evaluations (known answers).
+"""docs/mini_world.md's properties 3 and 4 and the recovery bar on hand-made evaluations (known
+answers).
 
 Every expected number below is worked out by hand in the comments: fractions of headroom against
 the base with CFG, SEs of paired differences over 4 evaluation seeds, students' mean and SE over

@@ -177,7 +177,7 @@ def test_reader_reads_hand_built_text(reader_score):
     assert scores.tolist() == [1.0, 1.0, 0.0]
 
 
-# ---- docs/WORLD.md property 1 ------------------------------------------------------------------
+# ---- docs/mini_world.md property 1 -------------------------------------------------------------
 def test_compose_is_right_on_clean_renders_and_wrong_pairings(compose):
     images, prompts, metas = W.sample_scenes("composition", N, seed=11)
     scores = compose(images, prompts, metas)

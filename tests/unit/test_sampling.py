@@ -1,4 +1,4 @@
-"""Unit tests of opd.sampling: grid, step formulas against docs/METHOD.md, noise keyed by sample id,
+"""Unit tests of opd.sampling: grid, step formulas against docs/method.md, noise keyed by sample id,
 rollout / replay consistency, and DPM-Solver++(2M) convergence on analytic flows."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def test_sde_step_log_prob_matches_normal_and_is_float32_for_half_inputs() -> No
 
 # ------------------------------------------------------------------------------- SDE formulas
 def _method_md_mean_std(x, v, t: float, t_next: float, a: float):
-    """docs/METHOD.md literally, in float64: sigma, mean and std of one Flow-GRPO step."""
+    """docs/method.md literally, in float64: sigma, mean and std of one Flow-GRPO step."""
     denom = (1 - t_next) if t == 1.0 else (1 - t)
     sigma = a * math.sqrt(t / denom)
     h = t - t_next
@@ -322,7 +322,7 @@ def test_rollout_with_a_final_ode_step_matches_float64_and_keeps_the_earlier_sta
     assert torch.equal(last.stds[-1], torch.zeros(3)) and torch.isnan(last.log_probs[-1]).all()
     assert torch.equal(last.means[-1], last.states[-1])
     assert not torch.equal(last.states[-1], plain.states[-1])  # the noise is really gone
-    # independent float64 walk: docs/METHOD.md's SDE step with the same noise, then x - h v
+    # independent float64 walk: docs/method.md's SDE step with the same noise, then x - h v
     lin64 = torch.nn.Linear(9, 8).to(F64)
     lin64.load_state_dict({k: v.to(F64) for k, v in lin.state_dict().items()})
 
