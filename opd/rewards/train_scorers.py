@@ -386,7 +386,7 @@ PREFERENCE_SCORERS: dict[str, dict[str, Any]] = {
 }
 CLIP_ARCH = ArchConfig(kind="contrastive")
 CLIP_SEED_OFFSET = 3
-PAIRWISE_BAR = 0.90  # docs/WORLD.md property 1
+PAIRWISE_BAR = 0.90  # docs/mini_world.md property 1
 RETRIEVAL_BAR = 0.90
 # Corpus captions for the contrastive scorer: the corpus's alt-text phrasing (incl. the
 # aesthetic adjectives, at a higher rate) but none of its corruptions, so that captions are true.

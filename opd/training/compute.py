@@ -1,4 +1,4 @@
-"""Compute accounting shared by every method (docs/WORLD.md's convention).
+"""Compute accounting shared by every method (docs/mini_world.md's convention).
 
 A model evaluation is one transformer forward on one sample; a CFG step counts 2 (conditional
 and unconditional branches), a backward pass counts 2 more per forward it differentiates, and

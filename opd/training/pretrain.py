@@ -4,7 +4,7 @@ The tiny SD3-style transformer and its one-layer CLIP text encoder are trained t
 random weights with the rectified-flow loss ``||v - (eps - x0)||^2`` at logit-normal times (as
 SD3), with caption dropout so that classifier-free guidance works. The EMA weights are saved
 with ``save_pretrained`` in the mini layout, loadable by ``FlowModel.from_pretrained`` like
-SD3.5. The corpus captions are imperfect on purpose (docs/WORLD.md), so the base model is mediocre.
+SD3.5. The corpus captions are imperfect on purpose (docs/mini_world.md), so the base is mediocre.
 
 Pretraining can stop after ``stop_at`` steps and save its whole state (weights, AdamW moments,
 learning-rate schedule, EMA, both random generators, losses); a later call with the same

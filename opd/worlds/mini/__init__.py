@@ -1,4 +1,4 @@
-"""The mini world: a synthetic, deterministic text-to-image world at CPU scale (see docs/WORLD.md).
+"""The mini world: a synthetic, deterministic text-to-image world at CPU scale (docs/mini_world.md).
 
 Public API (every function takes an optional :class:`WorldConfig`; default 24 px):
 
