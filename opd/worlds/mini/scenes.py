@@ -82,6 +82,11 @@ class WorldConfig:
     # whose base model and learned scorers still need calibrating:
     # benchmarks/results/mini2_status.md).
     relation_layout: str = "shrink"
+    # "free": objects of scenes without text anywhere they fit (relation pairs as
+    # relation_layout says); "grid": each in its own cell of a 2x2 grid, centred, as large as the
+    # cell allows, a relation pair in two cells of one row or column (a tiny base draws shapes at
+    # a few fixed places crisply, and at free places as blobs: benchmarks/results/teacher_curves).
+    object_layout: str = "free"
     relation_min_radius_px: float = 2.7
     gap_px: float = 2.0  # free space between item boxes
     border_px: float = 1.0
@@ -141,6 +146,8 @@ class WorldConfig:
                 get_font(self.font)
             except KeyError as err:
                 raise ValueError(str(err.args[0])) from None
+        if self.object_layout not in ("free", "grid"):
+            raise ValueError(f"object_layout must be 'free' or 'grid', got {self.object_layout!r}")
         if self.relation_layout not in ("axis", "shrink"):
             raise ValueError(
                 f"relation_layout must be 'axis' or 'shrink', got {self.relation_layout!r}"
@@ -626,13 +633,16 @@ def _grid_layout(
     res: int,
     border: float,
     gap: float,
+    g: int | None = None,
+    fill: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Objects in distinct cells of a g x g grid (g = ceil(sqrt(k))), jittered inside their cells,
-    shrunk if a cell is too small: never overlapping. Returns x, y, size (n, k)."""
+    """Objects in distinct cells of a g x g grid (default g = ceil(sqrt(k))), jittered inside
+    their cells, shrunk if a cell is too small: never overlapping. ``fill``: every object as
+    large as its cell allows and centred in it. Returns x, y, size (n, k)."""
     n, k = size.shape
-    g = int(np.ceil(np.sqrt(max(int(valid.sum(1).max()), 1))))
+    g = g or int(np.ceil(np.sqrt(max(int(valid.sum(1).max()), 1))))
     cell = (res - 2 * border) / g
-    size = np.minimum(size, (cell - gap) / 2)
+    size = np.full_like(size, (cell - gap) / 2) if fill else np.minimum(size, (cell - gap) / 2)
     cells = np.argsort(rng.uniform(size=(n, g * g)), axis=1)[:, :k]
     free = np.maximum(cell - gap - 2 * size, 0)
     jx = (rng.uniform(size=(n, k)) - 0.5) * free
@@ -710,8 +720,35 @@ def layout_scenes(
     x = np.zeros((n, m_items))
     y = np.zeros((n, m_items))
     todo = np.arange(n)
-    if cfg.relation_layout == "axis":
+    if cfg.object_layout == "grid":
+        g = max(2, int(np.ceil(np.sqrt(k))))
+        cell = (res - 2 * cfg.border_px) / g
         pair = np.nonzero((rel >= 0) & (valid.sum(1) == 2) & ~has_text)[0]
+        if pair.size:
+            # Subject and target in adjacent cells of one row (left of / right of) or column.
+            lane = rng.integers(0, g, size=pair.size)
+            start = rng.integers(0, g - 1, size=pair.size)
+            subject_low = (rel[pair] == 0) | (rel[pair] == 2)
+            s_pos = np.where(subject_low, start, start + 1)
+            t_pos = np.where(subject_low, start + 1, start)
+            horizontal = rel[pair] < 2
+            rows = np.arange(pair.size)
+            for col, pos in ((rel_s[pair], s_pos), (rel_t[pair], t_pos)):
+                cx_ = np.where(horizontal, pos, lane)
+                cy_ = np.where(horizontal, lane, pos)
+                x[pair[rows], col] = cfg.border_px + (cx_ + 0.5) * cell
+                y[pair[rows], col] = cfg.border_px + (cy_ + 0.5) * cell
+                size[pair[rows], col] = (cell - cfg.gap_px) / 2
+            todo = np.setdiff1d(todo, pair)
+        plain = todo[(rel[todo] < 0) & ~has_text[todo]]
+        if plain.size:
+            gx, gy, size[plain] = _grid_layout(
+                rng, size[plain], valid[plain], res, cfg.border_px, cfg.gap_px, g=g, fill=True
+            )
+            x[plain, :k], y[plain, :k] = gx, gy
+            todo = np.setdiff1d(todo, plain)
+    if cfg.relation_layout == "axis":
+        pair = np.intersect1d(np.nonzero((rel >= 0) & (valid.sum(1) == 2) & ~has_text)[0], todo)
         if pair.size:
             hi_axis = min(cfg.radius_range(2)[1], (res - 2 * cfg.border_px - cfg.gap_px) / 4)
             lo_axis = min(cfg.relation_min_radius_px, hi_axis)
