@@ -1,0 +1,27 @@
+"""benchmarks/failure_breakdown.py: right / partner / other shares of text readings, by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "failure_breakdown", REPO / "benchmarks/failure_breakdown.py"
+)
+failure_breakdown = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(failure_breakdown)
+
+
+def test_text_breakdown_sorts_readings_into_right_partner_and_other() -> None:
+    # AFJLMSTZ: partners A<->F, J<->L, M<->S, T<->Z
+    reads = ["A", "F", "?", "", "F", "F", "JL", "LJ"]
+    targets = ["A", "A", "A", "A", "F", "Z", "JL", "JL"]
+    out = failure_breakdown.text_breakdown(reads, targets, "AFJLMSTZ")
+    assert out["images"] == 8
+    assert out["shares"]["right"] == pytest.approx(3 / 8)  # A, F (for F), JL
+    assert out["shares"]["partner"] == pytest.approx(2 / 8)  # F for A, LJ for JL
+    assert out["shares"]["other"] == pytest.approx(3 / 8)  # ?, empty, F for Z
+    assert out["right_per_target"] == {"A": 0.25, "F": 1.0, "JL": 0.5, "Z": 0.0}
