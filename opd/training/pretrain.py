@@ -53,7 +53,8 @@ def world_vocabulary(world: Any, captions: list[str]) -> list[str]:
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
-            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+            if p.requires_grad:  # a frozen weight's average is itself (without rounding drift)
+                ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
 def compiler_works() -> bool:
@@ -125,7 +126,10 @@ def pretrain_base(
     tiny = dict(profile["model"].get("tiny", {}))
     mcfg = TinyModelConfig(resolution=world.resolution, **tiny)
     model = build_tiny_flow_model(mcfg, vocab, seed=seed)
-    model.set_trainable("base", text_encoder=True)
+    # base.text_encoder: "frozen" keeps the encoder's random weights (a stand-in for SD3's frozen
+    # pretrained encoders): trained on confused captions it merges the partners' embeddings.
+    train_encoder = base.get("text_encoder", "train") == "train"
+    model.set_trainable("base", text_encoder=train_encoder)
     # base.compile: the transformer's training step through torch.compile (docs/PERFORMANCE.md)
     compiled = maybe_compile(model.transformer, bool(base.get("compile", False)))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -175,7 +179,7 @@ def pretrain_base(
         eps = torch.randn(x0.shape, generator=gen)
         tb = t.view(-1, 1, 1, 1)
         xt = (1 - tb) * x0 + tb * eps
-        embeds = model.encode_prompts(caps, grad=True)
+        embeds = model.encode_prompts(caps, grad=train_encoder)
         v = model.velocity(xt, t, embeds, adapter="base")
         loss = ((v - (eps - x0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)

@@ -58,6 +58,24 @@ def test_stopped_and_resumed_pretraining_equals_an_unbroken_run(six_steps, tmp_p
     assert any(not torch.equal(a[k], one[k]) for k in a)
 
 
+def test_a_frozen_text_encoder_keeps_its_weights_while_the_transformer_learns(six_steps, tmp_path):
+    def run(mode: str, steps: int) -> dict[str, torch.Tensor]:
+        cfg = copy.deepcopy(six_steps)
+        cfg["base"] |= {"steps": steps, "text_encoder": mode}
+        pretrain_base(cfg, tmp_path / f"{mode}{steps}", progress=False)
+        return _weights(tmp_path / f"{mode}{steps}")
+
+    def split(w: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        enc = {k: v for k, v in w.items() if k.startswith("text_encoder")}
+        return enc, {k: v for k, v in w.items() if k.startswith("transformer")}
+
+    (enc_a, tr_a), (enc_b, tr_b) = split(run("frozen", 1)), split(run("frozen", 4))
+    assert enc_a and all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+    assert any(not torch.equal(tr_a[k], tr_b[k]) for k in tr_a)
+    (enc_c, _), (enc_d, _) = split(run("train", 1)), split(run("train", 4))
+    assert any(not torch.equal(enc_c[k], enc_d[k]) for k in enc_c)
+
+
 def test_a_state_saved_under_another_config_is_refused(six_steps, tmp_path):
     state = tmp_path / "state.pt"
     pretrain_base(six_steps, tmp_path / "m", progress=False, state=state, stop_at=2)
