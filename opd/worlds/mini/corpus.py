@@ -12,6 +12,8 @@ as alt-text is, at rates set in :class:`WorldConfig`:
 - ``caption_confuse_text`` / ``caption_confuse_shape``: the caption names the fixed partner of
   the scene's letters (``alphabet[2i] <-> alphabet[2i+1]``) or of its shapes, a systematic
   confusion that CFG cannot undo (it sharpens the conditional, and the partner is part of it);
+  ``caption_confuse_text_pairs`` sets the text's rate per pair (above 0.5: the alt text of that
+  pair mostly names the partner, and CFG sharpens the wrong letter);
 - ``caption_generic``: the whole caption replaced by a generic one ("a photo", "an image");
 - ``caption_adjective``: an aesthetic phrasing ("a lovely photo of ...") with no link to style;
 - ``extra_object_rate``: an object the caption does not mention is added to the scene.
@@ -134,7 +136,10 @@ def _one(
     # one more uniform, derived so that the 24 drawn per item (and every corpus without
     # confusions) stay as they were
     confuse_u = (u[15] * 7919.0 + u[16] * 104729.0) % 1.0
-    confuse_text = confuse_u < cfg.caption_confuse_text
+    pair_rates = cfg.caption_confuse_text_pairs
+    # per pair (alphabet[2i], alphabet[2i+1]) when given, by the text's first letter
+    confuse_rate = pair_rates[cfg.alphabet.index(text[0]) // 2] if pair_rates else None
+    confuse_text = confuse_u < (cfg.caption_confuse_text if confuse_rate is None else confuse_rate)
     confuse_shape = (confuse_u * 31.0) % 1.0 < cfg.caption_confuse_shape
 
     def noisy(true_fn: Any, attrs: dict[str, Any], droppable: dict[str, bool]) -> tuple[str, str]:

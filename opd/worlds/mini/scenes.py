@@ -120,6 +120,8 @@ class WorldConfig:
     # so that even with CFG the base draws the partner by chance, not by inability.
     caption_confuse_text: float = 0.0
     caption_confuse_shape: float = 0.0
+    # per letter pair (one rate per pair, by the text's first letter); empty: caption_confuse_text
+    caption_confuse_text_pairs: tuple[float, ...] = ()
     caption_generic: float = 0.08
     caption_adjective: float = 0.1
     extra_object_rate: float = 0.1
@@ -146,6 +148,14 @@ class WorldConfig:
                 get_font(self.font)
             except KeyError as err:
                 raise ValueError(str(err.args[0])) from None
+        pairs = self.caption_confuse_text_pairs
+        if pairs and (
+            len(pairs) != (len(self.alphabet) + 1) // 2 or not all(0 <= r <= 1 for r in pairs)
+        ):
+            raise ValueError(
+                f"caption_confuse_text_pairs needs {(len(self.alphabet) + 1) // 2} rates in "
+                f"[0, 1] (one per letter pair of {self.alphabet!r}), got {list(pairs)}"
+            )
         if self.object_layout not in ("free", "grid"):
             raise ValueError(f"object_layout must be 'free' or 'grid', got {self.object_layout!r}")
         if self.relation_layout not in ("axis", "shrink"):
