@@ -240,29 +240,45 @@ def test_caption_confusions_name_the_partner_at_the_configured_rate():
         assert abs(hits / n - rate) < 4 * math.sqrt(rate * (1 - rate) / n)
 
 
-def test_per_pair_text_confusions_follow_each_pairs_rate():
-    """caption_confuse_text_pairs: each pair's captions name the partner at its own rate (within 4
-    binomial standard errors), whatever caption_confuse_text says; a wrong length is refused."""
+def test_per_pair_confusions_follow_each_pairs_rate():
+    """caption_confuse_text_pairs / _shape_pairs: each pair's captions name the partner at its own
+    rate (within 4 binomial standard errors), whatever the global rate says; a wrong length is
+    refused."""
     import math
     import re
 
     from opd.worlds.mini.corpus import partner
 
     rates = (0.8, 0.0, 0.3, 0.5)  # pairs AF, JL, MS, TZ
+    shape_rates = (0.8, 0.0)  # circle <-> square, triangle <-> cross
     quiet = dict(QUIET_CAPTIONS, extra_object_rate=0.0, max_text_len=1)
-    cfg = WorldConfig(**quiet, caption_confuse_text=0.1, caption_confuse_text_pairs=rates)
+    cfg = WorldConfig(
+        **quiet,
+        caption_confuse_text=0.1,
+        caption_confuse_text_pairs=rates,
+        caption_confuse_shape=0.3,
+        caption_confuse_shape_pairs=shape_rates,
+    )
     corpus = W.corpus_scenes(6000, seed=5, config=cfg)
-    hits, n = [0] * 4, [0] * 4
+    hits, n = [0] * 6, [0] * 6  # four letter pairs, then two shape pairs
     for cap, true, kind in zip(corpus.captions, corpus.true_captions, corpus.kinds, strict=True):
         if kind == "text":
             said, real = re.search(r'"(.*)"', cap)[1], re.search(r'"(.*)"', true)[1]
             assert said in (real, partner(cfg.alphabet, real))
             i = cfg.alphabet.index(real) // 2
-            n[i], hits[i] = n[i] + 1, hits[i] + (said != real)
-    for h, m, rate in zip(hits, n, rates, strict=True):
+        elif kind == "single":
+            real = next(s for s in cfg.shapes if s in true.split())
+            assert cap in (true, true.replace(real, partner(cfg.shapes, real)))
+            said, i = ("" if cap != true else real), 4 + cfg.shapes.index(real) // 2
+        else:
+            continue
+        n[i], hits[i] = n[i] + 1, hits[i] + (said != real)
+    for h, m, rate in zip(hits, n, rates + shape_rates, strict=True):
         assert m > 50 and abs(h / m - rate) <= 4 * math.sqrt(max(rate * (1 - rate), 1e-9) / m)
     with pytest.raises(ValueError, match="caption_confuse_text_pairs"):
         WorldConfig(caption_confuse_text_pairs=(0.5, 0.5))
+    with pytest.raises(ValueError, match="caption_confuse_shape_pairs"):
+        WorldConfig(caption_confuse_shape_pairs=(0.5,))
 
 
 def test_hidden_utilities_differ_but_overlap():

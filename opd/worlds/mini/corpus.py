@@ -12,8 +12,8 @@ as alt-text is, at rates set in :class:`WorldConfig`:
 - ``caption_confuse_text`` / ``caption_confuse_shape``: the caption names the fixed partner of
   the scene's letters (``alphabet[2i] <-> alphabet[2i+1]``) or of its shapes, a systematic
   confusion that CFG cannot undo (it sharpens the conditional, and the partner is part of it);
-  ``caption_confuse_text_pairs`` sets the text's rate per pair (above 0.5: the alt text of that
-  pair mostly names the partner, and CFG sharpens the wrong letter);
+  ``caption_confuse_text_pairs`` / ``caption_confuse_shape_pairs`` set the rate per pair (above
+  0.5: the alt text of that pair mostly names the partner, and CFG sharpens the wrong one);
 - ``caption_generic``: the whole caption replaced by a generic one ("a photo", "an image");
 - ``caption_adjective``: an aesthetic phrasing ("a lovely photo of ...") with no link to style;
 - ``extra_object_rate``: an object the caption does not mention is added to the scene.
@@ -140,7 +140,11 @@ def _one(
     # per pair (alphabet[2i], alphabet[2i+1]) when given, by the text's first letter
     confuse_rate = pair_rates[cfg.alphabet.index(text[0]) // 2] if pair_rates else None
     confuse_text = confuse_u < (cfg.caption_confuse_text if confuse_rate is None else confuse_rate)
-    confuse_shape = (confuse_u * 31.0) % 1.0 < cfg.caption_confuse_shape
+    shape_u = (confuse_u * 31.0) % 1.0
+
+    def confuse_shape(shape: str) -> bool:  # per pair of cfg.shapes when rates are given
+        rates = cfg.caption_confuse_shape_pairs
+        return shape_u < (rates[shapes.index(shape) // 2] if rates else cfg.caption_confuse_shape)
 
     def noisy(true_fn: Any, attrs: dict[str, Any], droppable: dict[str, bool]) -> tuple[str, str]:
         true = true_fn(**attrs)
@@ -150,10 +154,9 @@ def _one(
             shown[key] = _wrong(key, attrs[key], u[16], cfg, names)
         if confuse_text and shown.get("x"):
             shown["x"] = "".join(partner(cfg.alphabet, ch) for ch in shown["x"])
-        if confuse_shape:
-            for key in ("s", "t"):
-                if shown.get(key):
-                    shown[key] = partner(shapes, shown[key])
+        for key in ("s", "t"):
+            if shown.get(key) and confuse_shape(shown[key]):
+                shown[key] = partner(shapes, shown[key])
         for key, drop in droppable.items():
             if drop:
                 shown[key] = None

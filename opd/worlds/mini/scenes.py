@@ -122,6 +122,7 @@ class WorldConfig:
     caption_confuse_shape: float = 0.0
     # per letter pair (one rate per pair, by the text's first letter); empty: caption_confuse_text
     caption_confuse_text_pairs: tuple[float, ...] = ()
+    caption_confuse_shape_pairs: tuple[float, ...] = ()  # the same per pair of shapes
     caption_generic: float = 0.08
     caption_adjective: float = 0.1
     extra_object_rate: float = 0.1
@@ -155,6 +156,15 @@ class WorldConfig:
             raise ValueError(
                 f"caption_confuse_text_pairs needs {(len(self.alphabet) + 1) // 2} rates in "
                 f"[0, 1] (one per letter pair of {self.alphabet!r}), got {list(pairs)}"
+            )
+        shape_pairs = self.caption_confuse_shape_pairs
+        if shape_pairs and (
+            len(shape_pairs) != (len(self.shapes) + 1) // 2
+            or not all(0 <= r <= 1 for r in shape_pairs)
+        ):
+            raise ValueError(
+                f"caption_confuse_shape_pairs needs {(len(self.shapes) + 1) // 2} rates in [0, 1] "
+                f"(one per shape pair of {list(self.shapes)}), got {list(shape_pairs)}"
             )
         if self.object_layout not in ("free", "grid"):
             raise ValueError(f"object_layout must be 'free' or 'grid', got {self.object_layout!r}")
