@@ -277,6 +277,18 @@ def test_per_pair_confusions_follow_each_pairs_rate():
         assert m > 50 and abs(h / m - rate) <= 4 * math.sqrt(max(rate * (1 - rate), 1e-9) / m)
     with pytest.raises(ValueError, match="caption_confuse_text_pairs"):
         WorldConfig(caption_confuse_text_pairs=(0.5, 0.5))
+    # one rate per letter: a one-way confusion (A's alt text names F, F's never names A)
+    one_way = WorldConfig(**quiet, caption_confuse_text_pairs=(0.9, 0.0, 0, 0, 0, 0, 0, 0))
+    corpus = W.corpus_scenes(3000, seed=6, config=one_way)
+    said_for = {"A": [0, 0], "F": [0, 0]}
+    for cap, true, kind in zip(corpus.captions, corpus.true_captions, corpus.kinds, strict=True):
+        real = re.search(r'"(.*)"', true)[1] if kind == "text" else ""
+        if real in said_for:
+            said_for[real][0] += 1
+            said_for[real][1] += re.search(r'"(.*)"', cap)[1] != real
+    (n_a, hit_a), (n_f, hit_f) = said_for["A"], said_for["F"]
+    assert n_a > 50 and abs(hit_a / n_a - 0.9) <= 4 * math.sqrt(0.09 / n_a)
+    assert n_f > 50 and hit_f == 0
     with pytest.raises(ValueError, match="caption_confuse_shape_pairs"):
         WorldConfig(caption_confuse_shape_pairs=(0.5,))
 

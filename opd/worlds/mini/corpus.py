@@ -137,8 +137,10 @@ def _one(
     # confusions) stay as they were
     confuse_u = (u[15] * 7919.0 + u[16] * 104729.0) % 1.0
     pair_rates = cfg.caption_confuse_text_pairs
-    # per pair (alphabet[2i], alphabet[2i+1]) when given, by the text's first letter
-    confuse_rate = pair_rates[cfg.alphabet.index(text[0]) // 2] if pair_rates else None
+    # per pair (alphabet[2i], alphabet[2i+1]) or per letter when given, by the text's first letter
+    i = cfg.alphabet.index(text[0])
+    per_letter = len(pair_rates) == len(cfg.alphabet)
+    confuse_rate = (pair_rates[i if per_letter else i // 2]) if pair_rates else None
     confuse_text = confuse_u < (cfg.caption_confuse_text if confuse_rate is None else confuse_rate)
     shape_u = (confuse_u * 31.0) % 1.0
 

@@ -120,7 +120,8 @@ class WorldConfig:
     # so that even with CFG the base draws the partner by chance, not by inability.
     caption_confuse_text: float = 0.0
     caption_confuse_shape: float = 0.0
-    # per letter pair (one rate per pair, by the text's first letter); empty: caption_confuse_text
+    # per letter pair (one rate per pair, by the text's first letter) or per letter (one rate per
+    # letter of the alphabet: a one-way confusion); empty: caption_confuse_text
     caption_confuse_text_pairs: tuple[float, ...] = ()
     caption_confuse_shape_pairs: tuple[float, ...] = ()  # the same per pair of shapes
     caption_generic: float = 0.08
@@ -149,13 +150,13 @@ class WorldConfig:
                 get_font(self.font)
             except KeyError as err:
                 raise ValueError(str(err.args[0])) from None
-        pairs = self.caption_confuse_text_pairs
+        pairs, n_pairs = self.caption_confuse_text_pairs, (len(self.alphabet) + 1) // 2
         if pairs and (
-            len(pairs) != (len(self.alphabet) + 1) // 2 or not all(0 <= r <= 1 for r in pairs)
+            len(pairs) not in (n_pairs, len(self.alphabet)) or not all(0 <= r <= 1 for r in pairs)
         ):
             raise ValueError(
-                f"caption_confuse_text_pairs needs {(len(self.alphabet) + 1) // 2} rates in "
-                f"[0, 1] (one per letter pair of {self.alphabet!r}), got {list(pairs)}"
+                f"caption_confuse_text_pairs needs {n_pairs} rates in [0, 1] (one per letter pair "
+                f"of {self.alphabet!r}) or {len(self.alphabet)} (one per letter), got {list(pairs)}"
             )
         shape_pairs = self.caption_confuse_shape_pairs
         if shape_pairs and (
