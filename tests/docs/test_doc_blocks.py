@@ -8,7 +8,8 @@ snippet that reads a reproduction's results finds the ones the README's command 
 
 What a block runs is kept cheap by these rewrites (the documents show the real commands):
 
-- ``pip install ...`` lines are not run: the extras they name must exist in pyproject.toml.
+- ``pip install ...`` commands (a line, or a part of an ``&&`` chain) are not run: the extras
+  they name must exist in pyproject.toml.
 - ``snakemake`` with ``profile=paper`` or a ``--workflow-profile`` (GPUs, clusters) runs as a
   dry run (``-n``; with ``--executor dryrun`` where the cluster's executor plugin is not
   installed, so that the profile and the DAG are still checked); any other ``snakemake`` runs
@@ -126,13 +127,14 @@ def rewrite_bash(code: str) -> str:
         if body.lstrip().startswith("#"):
             out.append(line)
             continue
-        if body.strip().startswith("pip install "):
-            check_pip(body)
-            out.append(f": {body.strip()}  # checked, not run")
-            continue
         body = body.replace("results/mini/", "results/smoke/")
         body = re.sub(r"python -m pytest\b", "python -m pytest --collect-only", body)
-        parts = [rewrite_snakemake(p) if "snakemake" in p else p for p in body.split("&&")]
+        parts = []
+        for part in body.split("&&"):
+            if part.strip().startswith("pip install "):
+                check_pip(part)
+                part = " : "  # checked, not run
+            parts.append(rewrite_snakemake(part) if "snakemake" in part else part)
         out.append("&&".join(parts))
     return "\n".join(out) + "\n"
 
