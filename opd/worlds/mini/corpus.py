@@ -136,17 +136,17 @@ def _one(
     # one more uniform, derived so that the 24 drawn per item (and every corpus without
     # confusions) stay as they were
     confuse_u = (u[15] * 7919.0 + u[16] * 104729.0) % 1.0
-    pair_rates = cfg.caption_confuse_text_pairs
-    # per pair (alphabet[2i], alphabet[2i+1]) or per letter when given, by the text's first letter
-    i = cfg.alphabet.index(text[0])
-    per_letter = len(pair_rates) == len(cfg.alphabet)
-    confuse_rate = (pair_rates[i if per_letter else i // 2]) if pair_rates else None
-    confuse_text = confuse_u < (cfg.caption_confuse_text if confuse_rate is None else confuse_rate)
+    # by the text's first letter; per pair (alphabet[2i], alphabet[2i+1]) or letter when given
+    confuse_text = confuse_u < _confusion_rate(
+        cfg.caption_confuse_text_pairs, cfg.alphabet, text[0], cfg.caption_confuse_text
+    )
     shape_u = (confuse_u * 31.0) % 1.0
 
-    def confuse_shape(shape: str) -> bool:  # per pair of cfg.shapes when rates are given
-        rates = cfg.caption_confuse_shape_pairs
-        return shape_u < (rates[shapes.index(shape) // 2] if rates else cfg.caption_confuse_shape)
+    def confuse_shape(shape: str) -> bool:
+        rate = _confusion_rate(
+            cfg.caption_confuse_shape_pairs, shapes, shape, cfg.caption_confuse_shape
+        )
+        return shape_u < rate
 
     def noisy(true_fn: Any, attrs: dict[str, Any], droppable: dict[str, bool]) -> tuple[str, str]:
         true = true_fn(**attrs)
@@ -226,6 +226,17 @@ def _one(
         adj = AESTHETIC_TEMPLATES[_pick((u[23] * 7919.0) % 1.0, len(AESTHETIC_TEMPLATES))]
         cap = adj.format(cap[len(template) + 1 :])
     return SceneSpec(objects=objects, relation=relation, text=spec_text), cap, true
+
+
+def _confusion_rate(
+    rates: Sequence[float], names: Sequence[str], name: str, default: float
+) -> float:
+    """``name``'s confusion rate: from ``rates`` (one per pair of ``names``, or one per name)
+    when given, else ``default``."""
+    if not rates:
+        return default
+    i = list(names).index(name)
+    return rates[i if len(rates) == len(names) else i // 2]
 
 
 def partner(names: Sequence[str], name: str) -> str:

@@ -150,23 +150,12 @@ class WorldConfig:
                 get_font(self.font)
             except KeyError as err:
                 raise ValueError(str(err.args[0])) from None
-        pairs, n_pairs = self.caption_confuse_text_pairs, (len(self.alphabet) + 1) // 2
-        if pairs and (
-            len(pairs) not in (n_pairs, len(self.alphabet)) or not all(0 <= r <= 1 for r in pairs)
-        ):
-            raise ValueError(
-                f"caption_confuse_text_pairs needs {n_pairs} rates in [0, 1] (one per letter pair "
-                f"of {self.alphabet!r}) or {len(self.alphabet)} (one per letter), got {list(pairs)}"
-            )
-        shape_pairs = self.caption_confuse_shape_pairs
-        if shape_pairs and (
-            len(shape_pairs) != (len(self.shapes) + 1) // 2
-            or not all(0 <= r <= 1 for r in shape_pairs)
-        ):
-            raise ValueError(
-                f"caption_confuse_shape_pairs needs {(len(self.shapes) + 1) // 2} rates in [0, 1] "
-                f"(one per shape pair of {list(self.shapes)}), got {list(shape_pairs)}"
-            )
+        _check_confusion_rates(
+            "caption_confuse_text_pairs", self.caption_confuse_text_pairs, self.alphabet, True
+        )
+        _check_confusion_rates(
+            "caption_confuse_shape_pairs", self.caption_confuse_shape_pairs, self.shapes, False
+        )
         if self.object_layout not in ("free", "grid"):
             raise ValueError(f"object_layout must be 'free' or 'grid', got {self.object_layout!r}")
         if self.relation_layout not in ("axis", "shrink"):
@@ -219,6 +208,21 @@ class WorldConfig:
             else:
                 kw[k] = v
         return cls(**kw)
+
+
+def _check_confusion_rates(
+    field: str, rates: Sequence[float], names: Sequence[str], per_name: bool
+) -> None:
+    """Confusion rates: one per pair of ``names`` (or, with ``per_name``, one per name), in
+    [0, 1]; none at all means the field is off."""
+    n_pairs = (len(names) + 1) // 2
+    sizes = (n_pairs, len(names)) if per_name else (n_pairs,)
+    if rates and (len(rates) not in sizes or not all(0 <= r <= 1 for r in rates)):
+        per = f" or {len(names)} (one per name)" if per_name else ""
+        raise ValueError(
+            f"{field} needs {n_pairs} rates in [0, 1] (one per pair of {list(names)}){per}, "
+            f"got {list(rates)}"
+        )
 
 
 def json_friendly(obj: Any) -> Any:
