@@ -443,3 +443,54 @@ def test_grid_object_layout_puts_objects_on_cell_centres_and_keeps_relations() -
         assert len(cells) == valid.sum()  # no two objects share a cell
     with pytest.raises(ValueError, match="object_layout"):
         WorldConfig(object_layout="ring")
+
+
+def test_ordered_object_layout_places_objects_by_caption_order() -> None:
+    """object_layout "ordered": object j of a plain scene in cell j (reading order), a relation
+    pair in the top row or left column with the subject where its relation says; the detector
+    still reads every clean render right."""
+    from opd.rewards.compose import make_compose
+
+    cfg = WorldConfig(resolution=16, text_align="corner", object_layout="ordered")
+    cell = (cfg.resolution - 2 * cfg.border_px) / 2
+    lo, hi = cfg.border_px + 0.5 * cell, cfg.border_px + 1.5 * cell
+    _, specs, _ = _relation_pairs("axis", n_each=20)
+    batch = W.layout_scenes(specs, np.random.default_rng(3), cfg)
+    for i, sp in enumerate(specs):
+        rel, s, t = sp.relation
+        first, second = (s, t) if rel in ("left of", "above") else (t, s)
+        horizontal = rel in ("left of", "right of")
+        assert (batch.x[i, first], batch.y[i, first]) == pytest.approx((lo, lo))
+        want = (hi, lo) if horizontal else (lo, hi)
+        assert (batch.x[i, second], batch.y[i, second]) == pytest.approx(want)
+    plain = [W.SceneSpec(objects=tuple((j % 4, j % 6) for j in range(k))) for k in (1, 2, 3, 4)]
+    batch = W.layout_scenes(plain * 5, np.random.default_rng(4), cfg)
+    centres = [(lo, lo), (hi, lo), (lo, hi), (hi, hi)]
+    for i, sp in enumerate(plain * 5):
+        for j in range(len(sp.objects)):
+            assert (batch.x[i, j], batch.y[i, j]) == pytest.approx(centres[j])
+    images, prompts, meta = W.sample_scenes("composition", 240, 0, config=cfg)
+    assert make_compose(cfg)(images, prompts, meta).mean() == 1.0
+    with pytest.raises(ValueError, match="object_layout"):
+        WorldConfig(object_layout="rows")
+
+
+def test_one_way_shape_confusion() -> None:
+    """caption_confuse_shape_pairs with one rate per shape: circle scenes' captions name a
+    square at 0.9 (within 4 binomial standard errors), square scenes' never name a circle."""
+    import math
+
+    quiet = dict(QUIET_CAPTIONS, extra_object_rate=0.0, max_text_len=1)
+    cfg = WorldConfig(**quiet, caption_confuse_shape_pairs=(0.9, 0.0, 0.0, 0.0))
+    corpus = W.corpus_scenes(3000, seed=6, config=cfg)
+    said_for = {"circle": [0, 0], "square": [0, 0]}
+    for cap, true, kind in zip(corpus.captions, corpus.true_captions, corpus.kinds, strict=True):
+        real = next(s for s in cfg.shapes if s in true.split()) if kind == "single" else ""
+        if real in said_for:
+            said_for[real][0] += 1
+            said_for[real][1] += cap != true
+    (n_c, hit_c), (n_s, hit_s) = said_for["circle"], said_for["square"]
+    assert n_c > 50 and abs(hit_c / n_c - 0.9) <= 4 * math.sqrt(0.09 / n_c)
+    assert n_s > 50 and hit_s == 0
+    with pytest.raises(ValueError, match="caption_confuse_shape_pairs"):
+        WorldConfig(caption_confuse_shape_pairs=(0.5, 0.5, 0.5))

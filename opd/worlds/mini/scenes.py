@@ -85,7 +85,10 @@ class WorldConfig:
     # "free": objects of scenes without text anywhere they fit (relation pairs as
     # relation_layout says); "grid": each in its own cell of a 2x2 grid, centred, as large as the
     # cell allows, a relation pair in two cells of one row or column (a tiny base draws shapes at
-    # a few fixed places crisply, and at free places as blobs: benchmarks/results/teacher_curves).
+    # a few fixed places crisply, and at free places as blobs: benchmarks/results/teacher_curves);
+    # "ordered": the grid's cells in reading order, the caption's first object in the top-left
+    # cell, the next ones after it; a relation pair in the top row (left of / right of) or the
+    # left column (above / below), so that where an object goes follows from the caption alone.
     object_layout: str = "free"
     relation_min_radius_px: float = 2.7
     gap_px: float = 2.0  # free space between item boxes
@@ -123,7 +126,7 @@ class WorldConfig:
     # per letter pair (one rate per pair, by the text's first letter) or per letter (one rate per
     # letter of the alphabet: a one-way confusion); empty: caption_confuse_text
     caption_confuse_text_pairs: tuple[float, ...] = ()
-    caption_confuse_shape_pairs: tuple[float, ...] = ()  # the same per pair of shapes
+    caption_confuse_shape_pairs: tuple[float, ...] = ()  # the same per pair of shapes or shape
     caption_generic: float = 0.08
     caption_adjective: float = 0.1
     extra_object_rate: float = 0.1
@@ -154,10 +157,12 @@ class WorldConfig:
             "caption_confuse_text_pairs", self.caption_confuse_text_pairs, self.alphabet, True
         )
         _check_confusion_rates(
-            "caption_confuse_shape_pairs", self.caption_confuse_shape_pairs, self.shapes, False
+            "caption_confuse_shape_pairs", self.caption_confuse_shape_pairs, self.shapes, True
         )
-        if self.object_layout not in ("free", "grid"):
-            raise ValueError(f"object_layout must be 'free' or 'grid', got {self.object_layout!r}")
+        if self.object_layout not in ("free", "grid", "ordered"):
+            raise ValueError(
+                f"object_layout must be 'free', 'grid' or 'ordered', got {self.object_layout!r}"
+            )
         if self.relation_layout not in ("axis", "shrink"):
             raise ValueError(
                 f"relation_layout must be 'axis' or 'shrink', got {self.relation_layout!r}"
@@ -660,15 +665,20 @@ def _grid_layout(
     gap: float,
     g: int | None = None,
     fill: bool = False,
+    ordered: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Objects in distinct cells of a g x g grid (default g = ceil(sqrt(k))), jittered inside
     their cells, shrunk if a cell is too small: never overlapping. ``fill``: every object as
-    large as its cell allows and centred in it. Returns x, y, size (n, k)."""
+    large as its cell allows and centred in it; ``ordered``: object j in cell j (reading order)
+    instead of a random cell. Returns x, y, size (n, k)."""
     n, k = size.shape
     g = g or int(np.ceil(np.sqrt(max(int(valid.sum(1).max()), 1))))
     cell = (res - 2 * border) / g
     size = np.full_like(size, (cell - gap) / 2) if fill else np.minimum(size, (cell - gap) / 2)
-    cells = np.argsort(rng.uniform(size=(n, g * g)), axis=1)[:, :k]
+    if ordered:
+        cells = np.broadcast_to(np.arange(k), (n, k))
+    else:
+        cells = np.argsort(rng.uniform(size=(n, g * g)), axis=1)[:, :k]
     free = np.maximum(cell - gap - 2 * size, 0)
     jx = (rng.uniform(size=(n, k)) - 0.5) * free
     jy = (rng.uniform(size=(n, k)) - 0.5) * free
@@ -745,14 +755,18 @@ def layout_scenes(
     x = np.zeros((n, m_items))
     y = np.zeros((n, m_items))
     todo = np.arange(n)
-    if cfg.object_layout == "grid":
+    if cfg.object_layout in ("grid", "ordered"):
+        ordered = cfg.object_layout == "ordered"
         g = max(2, int(np.ceil(np.sqrt(k))))
         cell = (res - 2 * cfg.border_px) / g
         pair = np.nonzero((rel >= 0) & (valid.sum(1) == 2) & ~has_text)[0]
         if pair.size:
-            # Subject and target in adjacent cells of one row (left of / right of) or column.
-            lane = rng.integers(0, g, size=pair.size)
-            start = rng.integers(0, g - 1, size=pair.size)
+            # Subject and target in adjacent cells of one row (left of / right of) or column
+            # (ordered: the first row or column).
+            lane = np.zeros(pair.size, np.int64) if ordered else rng.integers(0, g, size=pair.size)
+            start = (
+                np.zeros(pair.size, np.int64) if ordered else rng.integers(0, g - 1, size=pair.size)
+            )
             subject_low = (rel[pair] == 0) | (rel[pair] == 2)
             s_pos = np.where(subject_low, start, start + 1)
             t_pos = np.where(subject_low, start + 1, start)
@@ -768,7 +782,15 @@ def layout_scenes(
         plain = todo[(rel[todo] < 0) & ~has_text[todo]]
         if plain.size:
             gx, gy, size[plain] = _grid_layout(
-                rng, size[plain], valid[plain], res, cfg.border_px, cfg.gap_px, g=g, fill=True
+                rng,
+                size[plain],
+                valid[plain],
+                res,
+                cfg.border_px,
+                cfg.gap_px,
+                g=g,
+                fill=True,
+                ordered=ordered,
             )
             x[plain, :k], y[plain, :k] = gx, gy
             todo = np.setdiff1d(todo, plain)
