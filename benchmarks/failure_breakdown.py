@@ -3,8 +3,9 @@
 For ``text``: the share of images whose reading is the target letter(s) (``right``), the target's
 confusion partner (``partner``, see ``caption_confuse_text``), or anything else (``other``: an
 unreadable or another glyph), with the right-rate per target. For ``composition``: the compose
-metric per GenEval tag (and their mean, Table 1's compose). The base model is measured with and without CFG; with ``--run`` every
-checkpoint of a kept training run (``teacher_curve.py --keep``) is measured the same way.
+metric per GenEval tag (and their mean, Table 1's compose). The base model is measured with
+and without CFG; with ``--run`` every checkpoint of a kept training run
+(``teacher_curve.py --keep``) is measured the same way.
 
     python benchmarks/failure_breakdown.py --profile mini --task text \
         --set 'world.params={...}' --run /tmp/curves/reward_seed0 --out breakdown.json

@@ -15,8 +15,9 @@ Detector (vectorised over the batch):
 3. Shape class per component: features are the component's mask resampled to a 6x6 grid over its
    bounding box, its fill ratio, aspect ratio and vertical centre-of-mass offset; a linear
    discriminant (class means, pooled covariance) fitted on the world's own clean renders (in the
-   free layout, whatever the world's: every size an object takes) names the class; a component too far (Mahalanobis) from every class is "unknown" and ignored, as a
-   detector's low-confidence box would be.
+   free layout, whatever the world's: every size an object takes) names the class; a component
+   too far (Mahalanobis) from every class is "unknown" and ignored, as a detector's
+   low-confidence box would be.
 
 Scoring follows GenEval's ``evaluate`` (include clauses AND-ed, exclude clauses OR-ed):
 
