@@ -154,10 +154,10 @@ class WorldConfig:
             except KeyError as err:
                 raise ValueError(str(err.args[0])) from None
         _check_confusion_rates(
-            "caption_confuse_text_pairs", self.caption_confuse_text_pairs, self.alphabet, True
+            "caption_confuse_text_pairs", self.caption_confuse_text_pairs, self.alphabet
         )
         _check_confusion_rates(
-            "caption_confuse_shape_pairs", self.caption_confuse_shape_pairs, self.shapes, True
+            "caption_confuse_shape_pairs", self.caption_confuse_shape_pairs, self.shapes
         )
         if self.object_layout not in ("free", "grid", "ordered"):
             raise ValueError(
@@ -215,18 +215,14 @@ class WorldConfig:
         return cls(**kw)
 
 
-def _check_confusion_rates(
-    field: str, rates: Sequence[float], names: Sequence[str], per_name: bool
-) -> None:
-    """Confusion rates: one per pair of ``names`` (or, with ``per_name``, one per name), in
-    [0, 1]; none at all means the field is off."""
+def _check_confusion_rates(field: str, rates: Sequence[float], names: Sequence[str]) -> None:
+    """Confusion rates: one per pair of ``names`` or one per name, in [0, 1]; none at all means
+    the field is off."""
     n_pairs = (len(names) + 1) // 2
-    sizes = (n_pairs, len(names)) if per_name else (n_pairs,)
-    if rates and (len(rates) not in sizes or not all(0 <= r <= 1 for r in rates)):
-        per = f" or {len(names)} (one per name)" if per_name else ""
+    if rates and (len(rates) not in (n_pairs, len(names)) or not all(0 <= r <= 1 for r in rates)):
         raise ValueError(
-            f"{field} needs {n_pairs} rates in [0, 1] (one per pair of {list(names)}){per}, "
-            f"got {list(rates)}"
+            f"{field} needs {n_pairs} rates in [0, 1] (one per pair of {list(names)}) or "
+            f"{len(names)} (one per name), got {list(rates)}"
         )
 
 
