@@ -6,35 +6,11 @@ optimizer steps are recorded with the stage label ``<k>:<task>`` so that retenti
 mark the stage boundaries, and each stage's last step is checkpointed (and so evaluated).
 """
 
-import dataclasses
-
 import numpy as np
 
+from baselines._configs import CascadeNFTConfig
 from opd.registry import METHODS
-from opd.training.rl import DiffusionNFT, NFTConfig
-
-DEFAULT_SCHEDULE = [
-    {"task": "aesthetics", "steps": 16},
-    {"task": "composition", "steps": 6},
-    {"task": "aesthetics", "steps": 4},
-    {"task": "composition", "steps": 4},
-    {"task": "text", "steps": 2},
-]
-
-
-@dataclasses.dataclass
-class CascadeNFTConfig(NFTConfig):
-    schedule: list[dict] = dataclasses.field(default_factory=lambda: list(DEFAULT_SCHEDULE))
-    steps: int = 32  # must equal the schedule's total
-
-    def validate(self) -> None:
-        super().validate()
-        total = sum(int(s["steps"]) for s in self.schedule)
-        if total != self.steps:
-            raise ValueError(f"steps ({self.steps}) must equal the schedule's total ({total})")
-        for s in self.schedule:
-            if set(s) != {"task", "steps"} or int(s["steps"]) < 1:
-                raise ValueError(f"each stage needs 'task' and 'steps' >= 1, got {s}")
+from opd.training.rl import DiffusionNFT
 
 
 @METHODS.register("cascade_nft")

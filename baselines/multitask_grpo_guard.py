@@ -4,15 +4,9 @@ Each optimizer step draws one task's prompts (the same curriculum as DiffusionOP
 them with that task's own reward. Default budget: at least the teachers' plus OPD's compute.
 """
 
-import dataclasses
-
+from baselines._configs import MultitaskGRPOGuardConfig
 from opd.registry import METHODS
-from opd.training.rl import GRPOConfig, GRPOGuard
-
-
-@dataclasses.dataclass
-class MultitaskGRPOGuardConfig(GRPOConfig):
-    steps: int = 60
+from opd.training.rl import GRPOGuard
 
 
 @METHODS.register("multitask_grpo_guard")

@@ -4,16 +4,9 @@ The student adapter is the weighted sum of the teachers' LoRA deltas, represente
 concatenating their factors (rank = sum of the teachers' ranks).
 """
 
-import dataclasses
-
+from baselines._configs import TeacherMergeConfig
 from opd.registry import METHODS
-from opd.training.base import STUDENT, Method, MethodConfig
-
-
-@dataclasses.dataclass
-class TeacherMergeConfig(MethodConfig):
-    steps: int = 1
-    weights: dict = dataclasses.field(default_factory=dict)  # task -> weight (default 1 each)
+from opd.training.base import STUDENT, Method
 
 
 @METHODS.register("teacher_merge")

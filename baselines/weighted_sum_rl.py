@@ -7,29 +7,13 @@ advantages; ``normalize_then_sum`` forms each reward's group advantages then sum
 (TRL's switch).
 """
 
-import dataclasses
-
 import numpy as np
 import torch
 
+from baselines._configs import WeightedSumConfig
 from opd import objectives as obj
 from opd.registry import METHODS
-from opd.training.rl import GRPOConfig, GRPOGuard
-
-
-@dataclasses.dataclass
-class WeightedSumConfig(GRPOConfig):
-    steps: int = 60
-    weights: dict = dataclasses.field(
-        default_factory=lambda: {"composition": 1.0, "text": 1.0, "aesthetics": 1.0}
-    )
-    universal: list[str] = dataclasses.field(default_factory=lambda: ["aesthetics"])
-    mode: str = "sum_then_normalize"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.mode not in ("sum_then_normalize", "normalize_then_sum"):
-            raise ValueError(f"mode must be sum_then_normalize or normalize_then_sum: {self.mode}")
+from opd.training.rl import GRPOGuard
 
 
 @METHODS.register("weighted_sum_rl")

@@ -12,27 +12,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from opd import objectives as obj
 from opd.registry import METHODS
 from opd.sampling import gaussian_log_prob, sde_step
-from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
+from opd.training.base import STUDENT, Method, keyed_seed
+from opd.training.options import OPDConfig, OPDPPOConfig, SFTConfig
 from opd.training.rollouts import forward_noising, roll, sampler_for
-
-
-@dataclasses.dataclass
-class OPDConfig(MethodConfig):
-    noise_level: float = 0.0  # 0: the ODE objective (paper Eq. 12); > 0: closed-form KL (Eq. 11)
-    prompts_per_task: int = 8
-
-    def validate(self) -> None:
-        super().validate()
-        if self.noise_level < 0:
-            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
 
 
 @METHODS.register("opd")
@@ -95,20 +83,6 @@ class DiffusionOPD(Method):
         return logs
 
 
-@dataclasses.dataclass
-class OPDPPOConfig(OPDConfig):
-    noise_level: float = 0.7
-    clip_range: float = 0.2
-    log_prob: str = "sum"  # "sum": the true density; "mean": Flow-GRPO's element mean
-
-    def validate(self) -> None:
-        super().validate()
-        if self.noise_level <= 0:
-            raise ValueError("the PPO-style estimator needs a stochastic kernel (noise_level > 0)")
-        if self.log_prob not in ("sum", "mean"):
-            raise ValueError(f"log_prob must be 'sum' or 'mean', got {self.log_prob!r}")
-
-
 @METHODS.register("opd_ppo")
 class OPDPPO(DiffusionOPD):
     """PPO-style estimator of the OPD objective (paper Sec. 3.3), the closed form's ablation."""
@@ -137,12 +111,6 @@ class OPDLogRatio(DiffusionOPD):
         logp_s = gaussian_log_prob(x_next, out_s.mean, out_s.std, reduce=reduce)
         logp_t = gaussian_log_prob(x_next, mean_t, out_s.std, reduce=reduce)
         return obj.logratio_reinforce(logp_s, logp_t)
-
-
-@dataclasses.dataclass
-class SFTConfig(MethodConfig):
-    samples_per_prompt: int = 1
-    noisings: int = 4
 
 
 @METHODS.register("sft_distill")

@@ -21,36 +21,15 @@ policy), and a batch with no such sample contributes an exact zero gradient.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from opd import objectives as obj
 from opd.registry import METHODS
 from opd.sampling import sde_step
-from opd.training.base import STUDENT, Method, MethodConfig, keyed_seed
+from opd.training.base import STUDENT, Method, keyed_seed
+from opd.training.options import GRPOConfig, NFTConfig
 from opd.training.rollouts import Batch, forward_noising, roll, sampler_for
-
-
-@dataclasses.dataclass
-class GRPOConfig(MethodConfig):
-    group_size: int = 8
-    noise_level: float = 0.7
-    clip_range: float = 1e-4
-    beta: float = 0.04  # KL to the base model
-    adv_clip: float = 5.0
-    std_mode: str = "group"  # "group" or "global" (the shipped configs' whole-batch std)
-    drop_constant_groups: bool = False  # leave groups of equal rewards out of the loss's mean
-
-    def validate(self) -> None:
-        super().validate()
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
-        if self.noise_level <= 0:
-            raise ValueError("GRPO needs a stochastic sampler: noise_level must be > 0")
-        if self.std_mode not in ("group", "global"):
-            raise ValueError(f"std_mode must be 'group' or 'global', got {self.std_mode!r}")
 
 
 class _RLMethod(Method):
@@ -184,27 +163,6 @@ class GRPOGuard(FlowGRPO):
     """GRPO-Guard: de-biased, per-step normalised log-ratio and 1/h step weights."""
 
     guard = True
-
-
-@dataclasses.dataclass
-class NFTConfig(MethodConfig):
-    group_size: int = 8
-    beta_mix: float = 1.0  # b: 1 for one reward, 0.1 for several
-    adv_clip: float = 5.0
-    noisings: int = 2  # forward noisings per clean sample and step
-    reg: float = 1e-4  # ||v_theta - v_ref||^2
-    eta_rate: float = 0.001
-    eta_max: float = 0.5
-    sampler: str = "dpm2m"  # deterministic 2nd-order rollouts
-    guidance: float | None = 1.0  # CFG-free
-    eval_guidance: float | None = 1.0
-    std_mode: str = "group"
-    drop_constant_groups: bool = False  # leave groups of equal rewards (r = 0.5) out of the loss
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 < self.beta_mix <= 1:
-            raise ValueError(f"beta_mix must be in (0, 1], got {self.beta_mix}")
 
 
 @METHODS.register("nft")
