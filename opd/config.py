@@ -184,7 +184,8 @@ def _format_path(path: typing.Iterable[Any]) -> str:
 
 
 def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
-    """Validate against the JSON schema, then every method section against its dataclass."""
+    """Validate against the JSON schema, then every method section against its dataclass (found
+    through :mod:`opd.manifest`: no torch import for the built-in methods)."""
     import jsonschema
 
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
@@ -193,7 +194,7 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     if errors:
         lines = [f"  {_format_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    from opd.registry import METHODS
+    from opd import manifest
 
     methods = cfg.get("methods") or {}
     for key in ("table1", "ablations"):
@@ -208,10 +209,10 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     for run_name, where in runs:
         method, section = method_section(cfg, run_name)
         try:
-            cls = METHODS.get(method)
+            config_cls = manifest.method_config(method)
         except KeyError as err:
             raise ConfigError(f"{where}.method: {err}") from None
-        build_dataclass(cls.Config, section, where)
+        build_dataclass(config_cls, section, where)
     _check_scorer_names(cfg)
     split = (cfg.get("base") or {}).get("split")
     if split and not split["at"] < cfg["base"].get("steps", 0):
@@ -265,7 +266,7 @@ def resolve_method(cfg: Mapping[str, Any], run: str) -> tuple[type, Any, dict[st
 
 def _check_scorer_names(cfg: Mapping[str, Any]) -> None:
     """Every scorer the config names (rewards, benchmark columns, learned scorers) exists."""
-    from opd.registry import SCORERS
+    from opd import manifest
 
     named = [(f"learned_scorers[{i}]", n) for i, n in enumerate(cfg.get("learned_scorers") or [])]
     for task, section in (cfg.get("tasks") or {}).items():
@@ -274,7 +275,7 @@ def _check_scorer_names(cfg: Mapping[str, Any]) -> None:
         named.append((f"benchmarks.{column}.scorer", spec.get("scorer")))
     for where, name in named:
         try:
-            SCORERS.get(name)
+            manifest.scorer(name)
         except KeyError as err:
             raise ConfigError(f"{where}: {err}") from None
 

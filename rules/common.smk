@@ -5,7 +5,6 @@ Logic lives in the ``opd`` package. This file only loads the chosen profile's co
 config that every job reads, names the output paths and lists what each rule needs.
 """
 
-import inspect
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ from opd.config import (
     write_resolved,
     yaml_leaves,
 )
-from opd.registry import METHODS, SCORERS
+from opd import manifest
 from opd.reporting import FIGURES, TABLES
 
 # ---------------------------------------------------------------------------------------------
@@ -162,25 +161,21 @@ def scorer_backend(name):
     options = scorer_options(name)
     if "backend" in options:
         return str(options["backend"])
-    param = inspect.signature(SCORERS.get(name)).parameters.get("backend")
-    if param is None or param.default is inspect.Parameter.empty:
-        return "local"
-    return str(param.default)
+    return manifest.scorer(name)["backend"]
 
 
 def external_scorers():
     """Benchmark and reward scorers that are neither part of the mini world nor learned by it:
     the paper's scorers (opd.rewards.paper) and any scorer with a configured ``backend``.
     """
-    from opd.rewards.paper import PAPER_SCORERS
-
     names = [spec["scorer"] for spec in CFG["benchmarks"].values()]
     names += [n for spec in CFG["tasks"].values() for n in spec["reward"]]
     learned = set(CFG.get("learned_scorers") or [])
     return [
         n
         for n in dict.fromkeys(names)
-        if n not in learned and (n in PAPER_SCORERS or "backend" in scorer_options(n))
+        if n not in learned
+        and (manifest.scorer(n)["paper"] or "backend" in scorer_options(n))
     ]
 
 
@@ -334,7 +329,7 @@ def scorer_gpus(wildcards):
 
 def needs_teachers(run):
     """Whether run ``run`` (a method run or ``teacher_<task>``) distils from the teachers."""
-    return bool(METHODS.get(method_section(CFG, run)[0]).needs_teachers)
+    return manifest.method(method_section(CFG, run)[0])["needs_teachers"]
 
 
 def train_inputs(wildcards):

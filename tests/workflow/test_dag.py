@@ -8,6 +8,7 @@ own ``results/`` and ``.snakemake/`` are never touched.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -159,6 +160,17 @@ def test_lint_is_clean(tmp_path):
     assert rc == 0, out
     assert "Lints for" not in out, out
     assert "Congratulations" in out
+
+
+def test_parsing_the_workflow_imports_no_torch(tmp_path):
+    """Every snakemake call parses the Snakefile: the config check and the rules' input
+    functions use opd.manifest, so a dry run never imports torch, transformers or diffusers."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    rc, out = snakemake(tmp_path, "-n", "reproduce", "--config", "profile=mini", env=env)
+    assert rc == 0, out[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
+    assert "opd.config" in imported and "snakemake" in imported  # the profile was read
+    assert not imported & {"torch", "transformers", "diffusers"}
 
 
 def test_snakefmt_is_clean():
