@@ -390,7 +390,7 @@ PAIRWISE_BAR = 0.90  # docs/mini_world.md property 1
 RETRIEVAL_BAR = 0.90
 # Corpus captions for the contrastive scorer: the corpus's alt-text phrasing (incl. the
 # aesthetic adjectives, at a higher rate) but none of its corruptions, so that captions are true.
-CLIP_CAPTION_OVERRIDES: dict[str, float] = {
+CLIP_CAPTION_OVERRIDES: dict[str, Any] = {
     "caption_drop_color": 0.0,
     "caption_drop_count": 0.0,
     "caption_drop_relation": 0.0,
@@ -399,6 +399,10 @@ CLIP_CAPTION_OVERRIDES: dict[str, float] = {
     "caption_generic": 0.0,
     "caption_adjective": 0.3,
     "extra_object_rate": 0.0,
+    "caption_confuse_text": 0.0,
+    "caption_confuse_shape": 0.0,
+    "caption_confuse_text_pairs": (),
+    "caption_confuse_shape_pairs": (),
 }
 # Clean renders of the training prompts added to the contrastive data (fraction of n_train per
 # task): the prompt sets' phrasings and the fine distinctions between their prompts.

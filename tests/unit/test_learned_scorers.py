@@ -341,3 +341,20 @@ def test_judge_on_clean_and_shuffled_renders():
     # A prompt that demands nothing is judged on quality alone.
     only = judge.components(images[:2], ["a beautiful painting of some shapes"] * 2, None)
     assert np.allclose(only["judge"], 1 + 4 * only["quality"])
+
+
+def test_clip_captions_are_true_in_a_world_whose_corpus_confuses_names():
+    from opd.rewards.train_scorers import CLIP_CAPTION_OVERRIDES, clip_captions
+    from opd.worlds.mini import WorldConfig, corpus_scenes
+
+    plain = WorldConfig.from_dict({})
+    confusing = WorldConfig.from_dict({"caption_confuse_text": 1.0, "caption_confuse_shape": 1.0})
+    # The confusing world's corpus does name the wrong letters and shapes ...
+    other = {k: v for k, v in CLIP_CAPTION_OVERRIDES.items() if "confuse" not in k}
+    wrong = corpus_scenes(400, 0, confusing.replace(**other)).captions
+    right = corpus_scenes(400, 0, plain.replace(**other)).captions
+    assert sum(a != b for a, b in zip(wrong, right, strict=True)) > 40
+    # ... but the contrastive scorer's captions are the true ones.
+    a = clip_captions(400, 0, plain, prompt_mix={})
+    b = clip_captions(400, 0, confusing, prompt_mix={})
+    assert a.captions == b.captions and np.array_equal(a.images, b.images)
