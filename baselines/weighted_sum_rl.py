@@ -34,28 +34,21 @@ class WeightedSumRL(GRPOGuard):
         }
         w = self.cfg.weights
         batch.rewards = sum(w.get(n, 0.0) * r for n, r in self._parts.items())
+        batch.reward_parts = None  # its own mode mixes the tasks' rewards, each taken whole
         return batch
 
     def advantages(self, batch):
         if self.cfg.mode == "sum_then_normalize":
             return super().advantages(batch)
-        groups = torch.as_tensor(batch.groups)
-        total = 0
-        for name, r in self._parts.items():
-            adv = obj.group_advantages(
-                torch.as_tensor(r, dtype=torch.float32), groups, clip=self.cfg.adv_clip
-            )
-            total = total + self.cfg.weights.get(name, 0.0) * adv
-        return total
+        parts = {n: torch.as_tensor(r, dtype=torch.float32) for n, r in self._parts.items()}
+        return obj.mixed_group_advantages(
+            parts, self.cfg.weights, torch.as_tensor(batch.groups), clip=self.cfg.adv_clip
+        )
 
     def kept_mask(self, batch):
         """``drop_constant_groups``: the summed reward's non-constant groups; with
         ``normalize_then_sum``, those where any one reward varies (its advantages are not 0)."""
-        if self.cfg.mode == "sum_then_normalize":
+        weighted = any(self.cfg.weights.get(n, 0.0) != 0 for n in self._parts)
+        if self.cfg.mode == "sum_then_normalize" or not weighted:
             return super().kept_mask(batch)
-        masks = [
-            obj.nonconstant_group_mask(torch.as_tensor(r), batch.groups)
-            for name, r in self._parts.items()
-            if self.cfg.weights.get(name, 0.0) != 0
-        ]
-        return torch.stack(masks).any(0) if masks else super().kept_mask(batch)
+        return obj.mixed_nonconstant_mask(self._parts, self.cfg.weights, batch.groups)

@@ -12,6 +12,8 @@ convention matters. Each objective is registered in :data:`opd.registry.OBJECTIV
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -212,6 +214,43 @@ def nonconstant_group_mask(rewards: Tensor, group_ids: Tensor | list) -> Tensor:
         0, idx, rr, "amax"
     )
     return (hi > lo)[idx]
+
+
+def mixed_group_advantages(
+    parts: dict[str, Any],
+    weights: dict[str, float],
+    group_ids: Tensor | list,
+    clip: float = 5.0,
+    std_mode: str = "group",
+) -> Tensor:
+    """``normalize_then_sum``: ``sum_k w_k A_k``, the weighted sum of each reward's own
+    :func:`group_advantages` (each clipped to ``+-clip``), so that a reward's say does not
+    depend on its scale. ``parts`` maps a reward name to its (N,) values; a name without a
+    weight counts 0."""
+    total: Tensor | None = None
+    for name, values in parts.items():
+        adv = group_advantages(
+            torch.as_tensor(values), group_ids, clip=clip, std_mode=std_mode
+        ) * float(weights.get(name, 0.0))
+        total = adv if total is None else total + adv
+    if total is None:
+        raise ValueError("mixed_group_advantages needs at least one reward")
+    return total
+
+
+def mixed_nonconstant_mask(
+    parts: dict[str, Any], weights: dict[str, float], group_ids: Tensor | list
+) -> Tensor:
+    """The samples of groups where any reward of non-zero weight varies (the groups whose
+    :func:`mixed_group_advantages` are not all 0)."""
+    masks = [
+        nonconstant_group_mask(torch.as_tensor(values), group_ids)
+        for name, values in parts.items()
+        if weights.get(name, 0.0) != 0
+    ]
+    if not masks:
+        raise ValueError("mixed_nonconstant_mask needs a reward of non-zero weight")
+    return torch.stack(masks).any(0)
 
 
 @OBJECTIVES.register("grpo_clipped")

@@ -27,26 +27,51 @@ def make_reward(
     profile: dict[str, Any],
     control: str | None = None,
     seed: int | str = 0,
+    mode: str = "sum",
 ) -> Reward:
-    """A weighted sum of registered scorers, each built once with the profile's weights dir;
-    with ``control="matched"``, its :class:`MatchedControl` keyed by ``seed``."""
+    """A :class:`WeightedReward` of registered scorers, each built once with the profile's
+    weights dir; with ``control="matched"``, its :class:`MatchedControl` keyed by ``seed``."""
     if control not in (None, "matched"):
         raise ValueError(f"reward control must be 'matched' or None, got {control!r}")
-    from opd.rewards import get_scorer
+    scorers = {name: build_scorer(name, profile) for name in mix}
+    reward = WeightedReward(scorers, {n: float(w) for n, w in mix.items()}, mode)
+    return MatchedControl(reward, seed) if control == "matched" else reward
 
-    scorers = {name: (float(w), build_scorer(name, profile)) for name, w in mix.items()}
 
-    def reward(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
-        total = np.zeros(len(images), dtype=np.float64)
-        for name, (weight, scorer) in scorers.items():
+class WeightedReward:
+    """A task's training reward: the weighted sum of its scorers' values.
+
+    ``mode`` (the task's ``reward_mix``) tells the RL methods how to form advantages:
+    ``"sum"`` from the weighted sum, ``"normalize_then_sum"`` from each scorer's own group
+    advantages (:func:`opd.objectives.mixed_group_advantages`), for which they ask
+    :meth:`parts` and then :meth:`total`."""
+
+    MODES = ("sum", "normalize_then_sum")
+
+    def __init__(self, scorers: dict[str, Any], weights: dict[str, float], mode: str = "sum"):
+        if mode not in self.MODES:
+            raise ValueError(f"reward_mix must be one of {self.MODES}, got {mode!r}")
+        self.scorers, self.weights, self.mode = scorers, weights, mode
+
+    def parts(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> dict:
+        """Each scorer's (N,) float64 values; a non-finite value raises, naming the scorer."""
+        out = {}
+        for name, scorer in self.scorers.items():
             values = np.asarray(scorer(images, prompts, metadata), dtype=np.float64)
             if not np.all(np.isfinite(values)):
                 raise FloatingPointError(f"reward {name!r} returned non-finite scores")
-            total += weight * values
+            out[name] = values
+        return out
+
+    def total(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """The weighted sum of :meth:`parts`."""
+        total = np.zeros(len(next(iter(parts.values()))), dtype=np.float64)
+        for name, values in parts.items():
+            total += self.weights[name] * values
         return total
 
-    del get_scorer
-    return MatchedControl(reward, seed) if control == "matched" else reward
+    def __call__(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+        return self.total(self.parts(images, prompts, metadata))
 
 
 class MatchedControl:
@@ -152,7 +177,13 @@ def build_context(
             name=name,
             prompts=prompts,
             metadata=metadata,
-            reward=make_reward(spec["reward"], profile, reward_control, f"{seed}/{name}"),
+            reward=make_reward(
+                spec["reward"],
+                profile,
+                reward_control,
+                f"{seed}/{name}",
+                spec.get("reward_mix", "sum"),
+            ),
             teacher_guidance=run_guidance(profile, f"teacher_{name}"),
         )
     ctx = RunContext(model=model, profile=profile, seed=seed, tasks=tasks, compute=compute)

@@ -53,16 +53,27 @@ class _RLMethod(Method):
         )
 
     def advantages(self, batch: Batch) -> torch.Tensor:
-        adv = obj.group_advantages(
-            torch.as_tensor(batch.rewards, dtype=torch.float32),
-            torch.as_tensor(batch.groups),
-            clip=self.cfg.adv_clip,
-            std_mode=getattr(self.cfg, "std_mode", "group"),
-        )
-        return adv
+        """Group advantages of the batch's reward; of each scorer, then mixed, when the task's
+        ``reward_mix`` is ``normalize_then_sum``."""
+        std_mode = getattr(self.cfg, "std_mode", "group")
+        groups = torch.as_tensor(batch.groups)
+        if batch.reward_parts is not None:
+            parts = {
+                n: torch.as_tensor(r, dtype=torch.float32) for n, r in batch.reward_parts.items()
+            }
+            return obj.mixed_group_advantages(
+                parts, batch.reward_weights, groups, clip=self.cfg.adv_clip, std_mode=std_mode
+            )
+        rewards = torch.as_tensor(batch.rewards, dtype=torch.float32)
+        return obj.group_advantages(rewards, groups, clip=self.cfg.adv_clip, std_mode=std_mode)
 
     def kept_mask(self, batch: Batch) -> torch.Tensor:
-        """(N,) bool: the samples whose group's rewards are not all equal."""
+        """(N,) bool: the samples whose group's rewards are not all equal (with mixed
+        advantages: whose group varies in any weighted scorer)."""
+        if batch.reward_parts is not None:
+            return obj.mixed_nonconstant_mask(
+                batch.reward_parts, batch.reward_weights, batch.groups
+            )
         return obj.nonconstant_group_mask(torch.as_tensor(batch.rewards), batch.groups)
 
     def kept(self, batch: Batch) -> tuple[torch.Tensor | None, float]:

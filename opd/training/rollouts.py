@@ -28,6 +28,9 @@ class Batch:
     grid: torch.Tensor
     images: np.ndarray | None = None
     rewards: np.ndarray | None = None
+    # reward_mix normalize_then_sum: each scorer's values and the weights that mix them
+    reward_parts: dict[str, np.ndarray] | None = None
+    reward_weights: dict[str, float] | None = None
 
 
 def sampler_for(noise_level: float, name: str | None = None) -> Any:
@@ -97,7 +100,13 @@ def roll(
     if score:  # a NaN / Inf reward names the task and the (1-based) step, as metrics.csv does
         where = f"task {task!r} at step {iteration + 1}"
         try:
-            rewards = np.asarray(ctx.tasks[task].reward(batch.images, prompts, metadata), float)
+            reward = ctx.tasks[task].reward
+            if getattr(reward, "mode", "sum") == "normalize_then_sum":
+                batch.reward_parts = reward.parts(batch.images, prompts, metadata)
+                batch.reward_weights = dict(reward.weights)
+                rewards = reward.total(batch.reward_parts)
+            else:
+                rewards = np.asarray(reward(batch.images, prompts, metadata), float)
         except FloatingPointError as err:
             raise FloatingPointError(f"non-finite reward for {where}: {err}") from err
         if not np.all(np.isfinite(rewards)):
