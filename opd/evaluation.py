@@ -1,7 +1,8 @@
 """Evaluation of checkpoints on every benchmark column with fixed prompts and seeds.
 
 For each task that a benchmark column scores, ``eval.prompts_per_task`` test prompts (taken
-round-robin over the sub-task tags, so that every sub-task is covered) are sampled with the
+round-robin over the sub-task tags, so that every sub-task is covered), each
+``eval.images_per_prompt`` times (default 1) from its own noise, are sampled with the
 deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation seed; the images are
 decoded and scored by every column on that prompt set. A column's value for one evaluation seed
 is the scorer's mean, or its own aggregate where it defines one (the compositional score is the
@@ -71,6 +72,16 @@ def stratified_prompts(
     return [prompts[i] for i in order], [meta[i] for i in order]
 
 
+def repeat_prompts(
+    prompts: list[str], meta: list[dict[str, Any]], k: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each prompt (and its metadata) ``k`` times in a row: ``eval.images_per_prompt`` images
+    of every prompt per evaluation seed, each from its own noise."""
+    if k < 1:
+        raise ValueError(f"images_per_prompt must be >= 1, got {k}")
+    return [p for p in prompts for _ in range(k)], [m for m in meta for _ in range(k)]
+
+
 def column_value(scorer: Any, scores: np.ndarray, meta: list[dict[str, Any]]) -> float:
     """A benchmark column's value from per-image ``scores``: the scorer's own ``aggregate`` when
     it has one (compose: the mean of the six sub-task accuracies), else the mean."""
@@ -96,7 +107,9 @@ class Evaluator:
             task = spec["task"]
             if task not in self.prompts:
                 prompts, meta = load_prompts(task, "test", profile)
-                self.prompts[task] = stratified_prompts(prompts, meta, n)
+                self.prompts[task] = repeat_prompts(
+                    *stratified_prompts(prompts, meta, n), int(ev.get("images_per_prompt", 1))
+                )
         self.embeds = {t: model.encode_prompts(p) for t, (p, _) in self.prompts.items()}
         self.scorers = {
             c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()

@@ -66,3 +66,25 @@ def test_a_damaged_base_eval_is_refused(smoke_stage1, tmp_path):
     base_csv.write_text(base_csv.read_text().replace("base_cfg", "base_cfx", 1))
     with pytest.raises(evaluation.EvalIntegrityError):
         base_rows_at(smoke_stage1, base_csv, float(smoke_stage1["eval"]["guidance"]))
+
+
+def test_images_per_prompt_draws_each_copy_from_its_own_noise(smoke_stage1):
+    from opd.evaluation import Evaluator, column_value
+    from opd.training.context import load_base_model
+
+    cfg = {**smoke_stage1, "eval": {**smoke_stage1["eval"], "images_per_prompt": 2}}
+    model = load_base_model(cfg)
+    one = Evaluator(model, smoke_stage1)
+    two = Evaluator(model, cfg)
+    task = next(iter(two.prompts))
+    n = len(one.prompts[task][0])
+    assert two.prompts[task][0] == [p for p in one.prompts[task][0] for _ in range(2)]
+    images = two.generate(task, None, 1.0)[0]
+    assert images.shape[0] == 2 * n
+    assert all(not (images[2 * i] == images[2 * i + 1]).all() for i in range(n))
+    rows, _ = two.evaluate(None, 1.0)
+    first = [r for r in rows if r["task"] == task and r["eval_seed"] == two.seeds[0]]
+    assert first and all(r["n"] == 2 * n for r in first)
+    column = first[0]["column"]
+    scores = two.scorers[column](images, *two.prompts[task])
+    assert first[0]["value"] == column_value(two.scorers[column], scores, two.prompts[task][1])

@@ -31,3 +31,17 @@ def test_small_tags_run_out_and_the_rest_fill_up() -> None:
     assert sub_p == ["p0", "p8", "p1", "p9", "p2", "p3"]
     everything, _ = stratified_prompts(prompts, meta, 50)  # n beyond the set: all, once each
     assert everything == ["p0", "p8", "p1", "p9", "p2", "p3", "p4", "p5", "p6", "p7"]
+
+
+def test_images_per_prompt_repeats_each_prompt_in_a_row() -> None:
+    from opd.evaluation import repeat_prompts
+
+    prompts, meta = ["a", "b", "c"], [{"tag": "x"}, {"tag": "y"}, {"tag": "x"}]
+    rep_p, rep_m = repeat_prompts(prompts, meta, 3)
+    assert rep_p == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert [m["tag"] for m in rep_m] == ["x"] * 3 + ["y"] * 3 + ["x"] * 3
+    assert repeat_prompts(prompts, meta, 1) == (prompts, meta)
+    import pytest
+
+    with pytest.raises(ValueError, match="images_per_prompt"):
+        repeat_prompts(prompts, meta, 0)
