@@ -48,15 +48,15 @@ def _parse() -> argparse.Namespace:
 
 
 def weighted_fraction(fracs: dict[str, float], weights: dict[str, float]) -> float:
-    """The task's reward-weighted mean of its columns' capped fractions (columns that share
-    a name with a reward scorer; a task whose reward names no column uses all its columns)."""
-    used = {c: w for c, w in weights.items() if c in fracs} or {c: 1.0 for c in fracs}
-    return sum(w * fracs[c] for c, w in used.items()) / sum(used.values())
+    """The task's reward-weighted mean of its own columns' capped fractions (``weights``:
+    :func:`opd.analysis.properties.column_weights`)."""
+    return sum(w * fracs[c] for c, w in weights.items()) / sum(weights.values())
 
 
 def main() -> None:
     import torch
 
+    from opd.analysis.properties import column_weights
     from opd.config import load_config
     from opd.evaluation import adapter_kwargs, eval_guidance_of
     from opd.training import checkpoint as ckpt
@@ -139,7 +139,7 @@ def main() -> None:
         f"{'task':11} {'variant':8} {'step':>5} {'cfg':>4} {'fraction':>8} {'recovery':>8}  columns"
     )
     for task in tasks:
-        weights = profile["tasks"][task]["reward"]
+        weights = column_weights(profile, task)
         teacher_frac = None
         for key in dict.fromkeys(
             (r["variant"], r["step"], r["guidance"]) for r in rows if r["task"] == task
