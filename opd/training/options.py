@@ -98,6 +98,9 @@ class NFTConfig(MethodConfig):
     beta_mix: float = 1.0  # b: 1 for one reward, 0.1 for several
     adv_clip: float = 5.0
     noisings: int = 2  # forward noisings per clean sample and step
+    # noisings (noisings x trained steps of a step) stacked into one model call: 1 (one call
+    # each, the paper's memory) ... 0 (all in one call); results equal up to float summation
+    noisings_per_call: int = 1
     reg: float = 1e-4  # ||v_theta - v_ref||^2
     eta_rate: float = 0.001
     eta_max: float = 0.5
@@ -111,6 +114,10 @@ class NFTConfig(MethodConfig):
         super().validate()
         if not 0 < self.beta_mix <= 1:
             raise ValueError(f"beta_mix must be in (0, 1], got {self.beta_mix}")
+        if self.noisings_per_call < 0:
+            raise ValueError(
+                f"noisings_per_call must be >= 0 (0: all in one call), got {self.noisings_per_call}"
+            )
 
 
 @dataclasses.dataclass

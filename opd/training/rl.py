@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from opd import objectives as obj
+from opd.models import PromptEmbeds
 from opd.registry import METHODS
 from opd.sampling import sde_step
 from opd.training.base import STUDENT, Method, keyed_seed
@@ -102,6 +103,15 @@ def kept_mean(loss: torch.Tensor, kept: torch.Tensor | None, divisor: float) -> 
         return loss.mean()
     kept = kept.to(loss.device)
     return torch.where(kept, loss, torch.zeros_like(loss)).sum() / divisor
+
+
+def tile_embeds(embeds: PromptEmbeds | torch.Tensor, c: int) -> PromptEmbeds | torch.Tensor:
+    """A batch's prompt embeddings ``c`` times over (batch-major tiling, as ``torch.cat``)."""
+    if c == 1:
+        return embeds
+    if isinstance(embeds, PromptEmbeds):
+        return PromptEmbeds.cat([embeds] * c)
+    return torch.cat([embeds] * c)
 
 
 def _log_kept(logs: dict[str, float], task: str, kept: torch.Tensor | None) -> None:
@@ -204,26 +214,40 @@ class DiffusionNFT(_RLMethod):
             rng = np.random.default_rng(keyed_seed(self.ctx.seed, iteration, task, "nft_t"))
             total = 0.0
             count = cfg.noisings * len(grid)
-            for k in range(count):
-                t = grid[torch.as_tensor(rng.integers(0, len(grid), size=n))].clamp(1e-3, 1.0)
-                xt, _eps, tb = forward_noising(self, x0, t, iteration, task, "nft_eps", k)
-                v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
+            times = [
+                grid[torch.as_tensor(rng.integers(0, len(grid), size=n))].clamp(1e-3, 1.0)
+                for _ in range(count)
+            ]
+            per_call = cfg.noisings_per_call or count
+            for start in range(0, count, per_call):
+                ks = range(start, min(start + per_call, count))
+                c = len(ks)
+                noised = [
+                    forward_noising(self, x0, times[k], iteration, task, "nft_eps", k) for k in ks
+                ]
+                xt = torch.cat([xn for xn, _eps, _tb in noised])
+                tb = torch.cat([tbk for _xn, _eps, tbk in noised])
+                t = torch.cat([times[k] for k in ks])
+                embeds = tile_embeds(batch.embeds, c)
+                v = model.velocity(xt, t, embeds, guidance_scale=1.0, adapter=STUDENT)
                 with torch.no_grad():
-                    v_old = model.velocity(
-                        xt, t, batch.embeds, guidance_scale=1.0, adapter=self.OLD
-                    )
-                    v_ref = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=None)
-                compute.forward(n, 1.0, grad=True)
-                compute.forward(2 * n, 1.0)
+                    v_old = model.velocity(xt, t, embeds, guidance_scale=1.0, adapter=self.OLD)
+                    v_ref = model.velocity(xt, t, embeds, guidance_scale=1.0, adapter=None)
+                compute.forward(c * n, 1.0, grad=True)
+                compute.forward(2 * c * n, 1.0)
                 v_pos = (1 - b) * v_old + b * v
                 v_neg = (1 + b) * v_old - b * v
+                x0c = x0.repeat(c, *([1] * (x0.dim() - 1)))
                 loss = 0.0
-                for weight, vv in ((r, v_pos), (1 - r, v_neg)):
-                    err = (xt - tb * vv) - x0
+                for weight, vv in ((r.repeat(c), v_pos), (1 - r.repeat(c), v_neg)):
+                    err = (xt - tb * vv) - x0c
                     scale = err.detach().abs().flatten(1).mean(1).clamp_min(1e-6)
                     loss = loss + weight * (err**2).flatten(1).mean(1) / scale
                 loss = (5.0 / b) * loss + cfg.reg * ((v - v_ref) ** 2).flatten(1).mean(1)
-                loss = kept_mean(loss, kept, divisor) / (count * len(tasks))
+                # per noising exactly as one call each would weigh it, then summed
+                loss = sum(
+                    kept_mean(loss[i * n : (i + 1) * n], kept, divisor) for i in range(c)
+                ) / (count * len(tasks))
                 loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))

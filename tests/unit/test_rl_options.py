@@ -176,3 +176,21 @@ def test_a_final_ode_step_cannot_be_trained() -> None:
     assert _method("grpo", GRPOConfig(), model).final_sampler is None
     with pytest.raises(ValueError, match="train_steps"):
         _method("grpo", GRPOConfig(final_step="ode", train_steps=NUM_STEPS), model)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("per_call", [0, 2, 3])
+def test_nft_noisings_stacked_into_one_call_give_the_same_gradient(per_call: int, drop: bool):
+    """``noisings_per_call`` only batches the (noising, time) draws of a step into fewer model
+    calls: with 2 noisings x 2 trained steps, any chunking gives the one-call-each gradient and
+    loss (float64: equal to summation order) and counts the same model evaluations."""
+    common = {"group_size": 2, "prompts_per_task": 3, "drop_constant_groups": drop, "noisings": 2}
+    one, one_logs = _grad("nft", NFTConfig(noisings_per_call=1, **common), REWARDS)
+    stacked, logs = _grad("nft", NFTConfig(noisings_per_call=per_call, **common), REWARDS)
+    assert torch.allclose(stacked, one, rtol=1e-12, atol=1e-15), (stacked, one)
+    assert logs["t/loss"] == pytest.approx(one_logs["t/loss"], rel=1e-12)
+
+
+def test_nft_noisings_per_call_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="noisings_per_call"):
+        NFTConfig(noisings_per_call=-1).validate()
