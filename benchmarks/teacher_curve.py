@@ -62,16 +62,14 @@ class TaskEvaluator:
     def __init__(
         self, model: Any, profile: dict[str, Any], task: str, split: str, n: int, seeds: list[int]
     ) -> None:
-        from opd.evaluation import Evaluator, stratified_prompts
-        from opd.training.context import load_prompts
+        from opd.evaluation import Evaluator
 
-        profile = {**profile, "eval": {**profile["eval"], "seeds": seeds, "prompts_per_task": 1}}
+        one = {"images_per_prompt": 1, "intermediate_images_per_prompt": 1}
+        profile = {**profile, "eval": {**profile["eval"], "seeds": seeds, "prompts_per_task": n}}
+        profile["eval"].update(one)
         cols = {c: s for c, s in profile["benchmarks"].items() if s["task"] == task}
         profile["benchmarks"] = cols
-        self.ev = Evaluator(model, profile)
-        prompts, meta = load_prompts(task, split, profile)
-        self.ev.prompts[task] = stratified_prompts(prompts, meta, n)
-        self.ev.embeds[task] = model.encode_prompts(self.ev.prompts[task][0])
+        self.ev = Evaluator(model, profile, split=split)
         self.n = len(self.ev.prompts[task][0])
 
     def __call__(self, adapter: str | None, guidance: float) -> dict[str, list[float]]:

@@ -2,7 +2,9 @@
 
 For each task that a benchmark column scores, ``eval.prompts_per_task`` test prompts (taken
 round-robin over the sub-task tags, so that every sub-task is covered), each
-``eval.images_per_prompt`` times (default 1) from its own noise, are sampled with the
+``eval.images_per_prompt`` times (one number or one per task; default 1) from its own noise at a
+run's final checkpoint and for the base model, ``eval.intermediate_images_per_prompt`` times at
+its other checkpoints (default: the same), are sampled with the
 deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation seed; the images are
 decoded and scored by every column on that prompt set. A column's value for one evaluation seed
 is the scorer's mean, or its own aggregate where it defines one (the compositional score is the
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -51,6 +55,7 @@ EVAL_FIELDS = [
     "eval_seed",
     "value",
     "n",
+    "se",
 ]
 
 
@@ -82,6 +87,16 @@ def repeat_prompts(
     return [p for p in prompts for _ in range(k)], [m for m in meta for _ in range(k)]
 
 
+def images_per_prompt(ev: dict[str, Any], task: str, final: bool = True) -> int:
+    """Images of each of ``task``'s prompts per evaluation seed: ``eval.images_per_prompt`` at a
+    final checkpoint (and for the base), ``eval.intermediate_images_per_prompt`` (default: the
+    former) at the others; each a number or a mapping task -> number (a task it omits: 1)."""
+    value = ev.get("images_per_prompt", 1)
+    if not final:
+        value = ev.get("intermediate_images_per_prompt", value)
+    return int(value.get(task, 1) if isinstance(value, dict) else value)
+
+
 def column_value(scorer: Any, scores: np.ndarray, meta: list[dict[str, Any]]) -> float:
     """A benchmark column's value from per-image ``scores``: the scorer's own ``aggregate`` when
     it has one (compose: the mean of the six sub-task accuracies), else the mean."""
@@ -89,10 +104,33 @@ def column_value(scorer: Any, scores: np.ndarray, meta: list[dict[str, Any]]) ->
     return float(aggregate(scores, meta)) if aggregate else float(np.mean(scores))
 
 
-class Evaluator:
-    """Holds the test prompts, their embeddings and the scorers of one profile."""
+def column_se(
+    scorer: Any, scores: np.ndarray, prompts: list[str], meta: list[dict[str, Any]]
+) -> float:
+    """The standard error over prompts of a column's value for one evaluation seed.
 
-    def __init__(self, model: Any, profile: dict[str, Any]) -> None:
+    The images of one prompt are one cluster: their mean is one observation, so repeated
+    images (``eval.images_per_prompt``) narrow it only as far as they narrow each prompt's
+    mean. Where the column averages group means (the scorer's ``strata``: GenEval's overall is
+    the mean of its T sub-task means) the groups' squared SEs add: ``sqrt(sum se_g^2) / T``.
+    NaN when a group has fewer than two prompts."""
+    strata_of = getattr(scorer, "strata", None)
+    groups = (strata_of(meta) if strata_of else None) or [""] * len(scores)
+    frame = pd.DataFrame({"group": groups, "prompt": prompts, "score": scores})
+    variances = []
+    for _, g in frame.groupby("group", sort=False):
+        means = g.groupby("prompt", sort=False)["score"].mean()
+        if len(means) < 2:
+            return math.nan
+        variances.append(float(means.var(ddof=1)) / len(means))
+    return math.sqrt(sum(variances)) / len(variances) if variances else math.nan
+
+
+class Evaluator:
+    """Holds the test prompts (or another ``split``'s), their embeddings and the scorers of one
+    profile."""
+
+    def __init__(self, model: Any, profile: dict[str, Any], split: str = "test") -> None:
         from opd.training.context import build_scorer, load_prompts
 
         self.model = model
@@ -102,29 +140,37 @@ class Evaluator:
         self.seeds = [int(s) for s in ev["seeds"]]
         n = int(ev["prompts_per_task"])
         self.columns = profile["benchmarks"]
-        self.prompts: dict[str, tuple[list[str], list[dict]]] = {}
+        # (task, final checkpoint?) -> prompts and metadata, each prompt repeated in a row
+        self.sets: dict[tuple[str, bool], tuple[list[str], list[dict]]] = {}
         for spec in self.columns.values():
             task = spec["task"]
-            if task not in self.prompts:
-                prompts, meta = load_prompts(task, "test", profile)
-                self.prompts[task] = repeat_prompts(
-                    *stratified_prompts(prompts, meta, n), int(ev.get("images_per_prompt", 1))
-                )
-        self.embeds = {t: model.encode_prompts(p) for t, (p, _) in self.prompts.items()}
+            if (task, True) not in self.sets:
+                prompts, meta = stratified_prompts(*load_prompts(task, split, profile), n)
+                for final in (True, False):
+                    k = images_per_prompt(ev, task, final)
+                    self.sets[task, final] = repeat_prompts(prompts, meta, k)
+        self.embeds = {key: model.encode_prompts(p) for key, (p, _) in self.sets.items()}
         self.scorers = {
             c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()
         }
 
+    @property
+    def prompts(self) -> dict[str, tuple[list[str], list[dict]]]:
+        """Each task's prompts and metadata as a final checkpoint is evaluated on them."""
+        return {task: v for (task, final), v in self.sets.items() if final}
+
     @torch.no_grad()
-    def generate(self, task: str, adapter: str | None, guidance: float) -> list[np.ndarray]:
+    def generate(
+        self, task: str, adapter: str | None, guidance: float, final: bool = True
+    ) -> list[np.ndarray]:
         """Images of ``task``'s prompts for every evaluation seed, in one batched rollout.
 
         Sample ``i`` of seed index ``k`` has the id ``k * n + i`` under the first evaluation seed,
         so the noise of every (seed, prompt) pair is fixed whatever the batch layout.
         """
-        prompts, _ = self.prompts[task]
+        prompts, _ = self.sets[task, final]
         n, k = len(prompts), len(self.seeds)
-        embeds = PromptEmbeds.cat([self.embeds[task]] * k)
+        embeds = PromptEmbeds.cat([self.embeds[task, final]] * k)
         traj = rollout(
             self.model.velocity_fn(embeds, guidance_scale=guidance, adapter=adapter),
             self.model.latent_shape(n)[1:],
@@ -139,13 +185,16 @@ class Evaluator:
         return [images[j * n : (j + 1) * n] for j in range(k)]
 
     def evaluate(
-        self, adapter: str | None, guidance: float, keep_samples: int = 0
+        self, adapter: str | None, guidance: float, keep_samples: int = 0, final: bool = True
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Rows (column, task, eval_seed, value, n) and sample images of the first seed."""
+        """Rows (column, task, eval_seed, value, n) and sample images of the first seed, on the
+        final checkpoint's prompt sets or (``final=False``) the intermediate ones."""
         rows: list[dict[str, Any]] = []
         samples: dict[str, Any] = {}
-        for task, (prompts, meta) in self.prompts.items():
-            per_seed = self.generate(task, adapter, guidance)
+        for (task, is_final), (prompts, meta) in self.sets.items():
+            if is_final != final:
+                continue
+            per_seed = self.generate(task, adapter, guidance, final)
             for k, (seed, images) in enumerate(zip(self.seeds, per_seed, strict=True)):
                 if k == 0 and keep_samples:
                     samples[task] = (images[:keep_samples], prompts[:keep_samples])
@@ -159,14 +208,14 @@ class Evaluator:
                             f"scorer {spec['scorer']!r} (column {column!r}, task {task!r}) "
                             "returned non-finite scores"
                         )
-                    value = column_value(scorer, scores, meta)
                     rows.append(
                         {
                             "column": column,
                             "task": task,
                             "eval_seed": seed,
-                            "value": value,
+                            "value": column_value(scorer, scores, meta),
                             "n": len(scores),
+                            "se": column_se(scorer, scores, prompts, meta),
                         }
                     )
         return rows, samples
@@ -317,6 +366,7 @@ def base_rows_at(
             "eval_seed": int(r["eval_seed"]),
             "value": float(r["value"]),
             "n": int(r["n"]),
+            "se": float(r.get("se") or "nan"),
         }
         for r in rows
     ]
@@ -353,7 +403,8 @@ def evaluate_run(
             model.add_adapter(STUDENT, **adapter_kwargs(info))
             created = True
         model.load_adapter_state_dict(STUDENT, tensors["ema"])
-        keep = 16 if i == len(ckpts) - 1 else 0
+        final = i == len(ckpts) - 1
+        keep = 16 if final else 0
         reused = None
         if base_eval is not None and not keep and adapter_is_identity(tensors["ema"]):
             reused = base_rows_at(profile, Path(base_eval), guidance)
@@ -361,7 +412,9 @@ def evaluate_run(
             results, samples = reused, {}
         else:
             try:
-                results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=keep)
+                results, samples = evaluator.evaluate(
+                    STUDENT, guidance, keep_samples=keep, final=final
+                )
             except FloatingPointError as err:
                 raise FloatingPointError(f"evaluating {path}: {err}") from err
         if keep:

@@ -40,4 +40,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "metric",
     "eval_seed",
     "value",
+    "n",
+    "se",
 )

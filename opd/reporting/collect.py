@@ -85,7 +85,7 @@ def tidy(frames: Iterable[pd.DataFrame], cfg: Mapping[str, Any]) -> pd.DataFrame
     df["seed"] = df["seed"].astype(int)
     df["step"] = df["step"].astype(int)
     df["eval_seed"] = pd.to_numeric(df["eval_seed"]).astype("Int64")
-    for col in (*COMPUTE_COLUMNS, "value"):
+    for col in (*COMPUTE_COLUMNS, "value", "n", "se"):
         df[col] = pd.to_numeric(df[col])
     df = df[list(METRIC_COLUMNS)]
     order = ["role", "run", "seed", "step", "metric", "eval_seed"]

@@ -410,6 +410,11 @@ class ComposeScorer:
         sub-task means) for the strict score, the plain mean for the partial-credit reward."""
         return float(np.mean(scores)) if self.partial else compose_overall(scores, metadata)
 
+    def strata(self, metadata: Sequence[dict[str, Any]]) -> list[str] | None:
+        """The groups whose means :meth:`aggregate` averages (the GenEval tags of the strict
+        score), or None where it is the plain mean."""
+        return None if self.partial else [str((m or {}).get("tag", "")) for m in metadata]
+
 
 def compose_by_tag(scores: Sequence[float], metadata: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Mean score per GenEval tag (tags absent from ``metadata`` are left out)."""

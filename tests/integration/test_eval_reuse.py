@@ -88,3 +88,27 @@ def test_images_per_prompt_draws_each_copy_from_its_own_noise(smoke_stage1):
     column = first[0]["column"]
     scores = two.scorers[column](images, *two.prompts[task])
     assert first[0]["value"] == column_value(two.scorers[column], scores, two.prompts[task][1])
+
+
+def test_final_and_intermediate_checkpoints_use_their_own_images_per_prompt(smoke_stage1, tmp_path):
+    """``eval.images_per_prompt`` (here per task) sizes the last checkpoint's evaluation and
+    ``eval.intermediate_images_per_prompt`` the others'; a task the mapping omits gets 1."""
+    from opd.evaluation import images_per_prompt
+
+    ev = {"images_per_prompt": {"text": 3}, "intermediate_images_per_prompt": 1}
+    cfg = {**smoke_stage1, "eval": {**smoke_stage1["eval"], **ev}}
+    assert [images_per_prompt(ev, t, f) for t in ("text", "aesthetics") for f in (1, 0)] == [
+        3,
+        1,
+        1,
+        1,
+    ]
+    run_dir = tmp_path / RUN
+    train_run(cfg, RUN, 0, run_dir, progress=False, max_steps=1)  # checkpoints 0 and 1
+    rows = _rows(evaluate_run(cfg, run_dir, RUN, 0, tmp_path / "e.csv", progress=False))
+    n = {(r["step"], r["task"]) for r in rows}
+    sizes = {(r["step"], r["task"]): int(r["n"]) for r in rows}
+    prompts = int(cfg["eval"]["prompts_per_task"])
+    assert n and all(sizes["0", t] == prompts for _, t in n)  # intermediate: one image each
+    assert sizes["1", "text"] == 3 * prompts
+    assert all(sizes["1", t] == prompts for _, t in n if t != "text")

@@ -41,9 +41,9 @@ def test_evaluate_run_dir_scores_a_run_with_its_own_method_and_cfg(
     scales = []
     original = evaluation.Evaluator.evaluate
 
-    def recording(self, adapter, guidance, keep_samples=0):
+    def recording(self, adapter, guidance, keep_samples=0, final=True):
         scales.append(guidance)
-        return original(self, adapter, guidance, keep_samples)
+        return original(self, adapter, guidance, keep_samples, final)
 
     monkeypatch.setattr(evaluation.Evaluator, "evaluate", recording)
     out = tmp_path / "eval.csv"
