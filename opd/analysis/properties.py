@@ -23,6 +23,9 @@ Definitions (results/README.md states them for the reader):
   Here a CFG-free teacher is compared with the CFG-free base (:func:`base_run_for`): the
   property asks whether training on one task costs another, and against the CFG base the drop
   would include what dropping CFG does to that column, which is no conflict between tasks.
+- Evaluation precision (``eval``): the composition task's bounded column has a per-seed SE over
+  prompts (``opd.evaluation.column_se``, mean over evaluation seeds) of at most 0.02 at every
+  run's final checkpoint.
 - Recovery, per task: the student's fraction divided by the teacher's, per training seed, mean
   and SE over training seeds, with the teacher's fraction and its SE beside it; the bar is 0.9.
   When the teacher did not gain (fraction <= 0 or within one SE of 0, or no SE) the row keeps
@@ -51,6 +54,9 @@ TEACHER_PREFIX = "teacher_"
 BASELINES = ("multitask_grpo_guard", "multitask_nft", "cascade_nft")
 MIN_EVAL_SEEDS = 4
 GAIN_FRACTION, GAIN_SES, CONFLICT_SES, RECOVERY_BAR = 0.5, 3.0, 2.0, 0.9
+#: the precision bar: the composition task's bounded columns (compose, GenEval) at every final
+#: checkpoint have a per-seed standard error over prompts of at most this
+PRECISION_TASK, PRECISION_SE = "composition", 0.02
 COLUMNS = ["property", "task", "check", "value", "se", "threshold", "passed"]
 
 
@@ -323,6 +329,40 @@ def _conflict_row(f: _Finals, tasks: list[str]) -> dict[str, Any] | None:
     return _row("4", "", check, z, math.nan, f"> {CONFLICT_SES:g}", z > CONFLICT_SES)
 
 
+def _precision_rows(metrics: pd.DataFrame, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Evaluation precision: per bounded column of the composition task, the largest per-seed
+    SE over prompts (mean over evaluation seeds) among the final checkpoints of every run."""
+    if "se" not in metrics.columns:
+        return []
+    rows = []
+    for col, bench in cfg["benchmarks"].items():
+        if bench.get("task") != PRECISION_TASK or not bench.get("bounds"):
+            continue
+        m = metrics[(metrics["metric"] == col) & metrics["eval_seed"].notna()]
+        m = m[m["step"] == m.groupby(["run", "seed"])["step"].transform("max")]
+        se = pd.to_numeric(m["se"], errors="coerce").groupby([m["run"], m["seed"]]).mean()
+        if se.dropna().empty:
+            continue
+        (run, seed), worst = se.idxmax(), float(se.max())
+        n = pd.to_numeric(m["n"], errors="coerce").max() if "n" in m.columns else math.nan
+        check = (
+            f"{col}: per-seed SE over prompts at every final checkpoint (largest {worst:.3g}: "
+            f"{run} seed {seed}; {len(se)} evaluations, up to {n:.0f} images per seed)"
+        )
+        rows.append(
+            _row(
+                "eval",
+                PRECISION_TASK,
+                check,
+                worst,
+                math.nan,
+                f"<= {PRECISION_SE}",
+                bool(worst <= PRECISION_SE),
+            )
+        )
+    return rows
+
+
 def _recovery_row(f: _Finals, head: Headroom, g: Gain, method: str) -> dict[str, Any]:
     """The student's fraction of headroom over the teacher's, per training seed."""
     s = student_fractions(f, head, method)
@@ -371,7 +411,8 @@ def _tasks(metrics: pd.DataFrame, cfg: Mapping[str, Any]) -> list[str]:
 def property_checks(
     metrics: pd.DataFrame, cfg: Mapping[str, Any], ceiling: Mapping[str, float], method: str = "opd"
 ) -> pd.DataFrame:
-    """One row per check (property 3 per task, property 4 overall, recovery per task)."""
+    """One row per check (property 3 per task, property 4 overall, recovery per task, and the
+    evaluation's precision on composition)."""
     f = _Finals(metrics, cfg)
     tasks = _tasks(metrics, cfg)
     teachers = _teachers(f, tasks, ceiling)
@@ -381,6 +422,7 @@ def property_checks(
         rows.append(conflict)
     if method in set(metrics["run"]):
         rows += [_recovery_row(f, head, g, method) for head, g in teachers.values()]
+    rows += _precision_rows(metrics, cfg)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -261,3 +261,37 @@ def test_recovery_figure_and_caption_from_a_small_table(tmp_path):
     assert "reaches 90% at 400 own evaluations (1,900 in all)" in cap
     assert "opd final 0.594" in cap and "recovery 0.95" in cap
     assert "multitask_nft final 0.25" in cap
+
+
+def test_precision_row_takes_the_largest_final_se_of_the_composition_column():
+    cfg = {
+        "tasks": {"composition": {"reward": {"compose": 1.0}}},
+        "benchmarks": {
+            "compose": {"scorer": "compose", "task": "composition", "bounds": [0.0, 1.0]},
+            "other": {"scorer": "o", "task": "composition"},  # unbounded: no precision row
+        },
+    }
+
+    def rows(run, seed, step, ses):
+        out = _rows(run, seed, step, {"compose": 0.5, "other": 0.5})
+        for r in out:
+            r["n"], r["se"] = 576, (ses.pop(0) if r["metric"] == "compose" else 0.9)
+        return out
+
+    # base 0.010-0.013 (mean 0.0115); a run's step 4 is no final checkpoint (0.05 left out);
+    # its final step 8 averages to 0.019; another seed 0.021 (mean of 0.02 and 0.022, x2)
+    table = pd.DataFrame(
+        rows("base_cfg", 0, 0, [0.010, 0.011, 0.012, 0.013])
+        + rows("opd", 0, 4, [0.05] * 4)
+        + rows("opd", 0, 8, [0.018, 0.020, 0.019, 0.019])
+        + rows("opd", 1, 8, [0.020, 0.022, 0.020, 0.022])
+    )
+    got = _get(property_checks(table, cfg, {}), "eval", "composition")
+    assert got["value"] == pytest.approx(0.021) and not got["passed"]
+    assert "opd seed 1" in got["check"] and "576 images" in got["check"]
+    passing = table[~((table["run"] == "opd") & (table["seed"] == 1))]
+    got = _get(property_checks(passing, cfg, {}), "eval", "composition")
+    assert got["value"] == pytest.approx(0.019) and got["passed"]
+    # tables without the column (older evaluations) have no precision row
+    none = property_checks(table.drop(columns=["se"]), cfg, {})
+    assert (none["property"] != "eval").all()
