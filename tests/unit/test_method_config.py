@@ -55,7 +55,12 @@ def test_a_teacher_is_distilled_at_the_guidance_it_trained_with(monkeypatch) -> 
     cfg = load_config("mini")
     cfg["sampling"]["guidance"] = 3.25  # neither 1.0 nor the teachers' written 4.5
     teachers = {t: cfg["tasks"][t]["teacher"] for t in ("composition", "text", "aesthetics")}
-    assert teachers["composition"]["method"] == "nft" and teachers["text"]["method"] == "grpo_guard"
+    teachers["text"] = cfg["tasks"]["text"]["teacher"] = {  # a CFG teacher
+        "method": "grpo_guard",
+        "guidance": 4.5,
+        "noise_level": 0.3,
+    }
+    assert teachers["composition"]["method"] == "nft"
     del teachers["composition"]["guidance"], teachers["text"]["guidance"]
     teachers["aesthetics"]["guidance"] = 2.0
     expected = {"composition": 1.0, "text": 3.25, "aesthetics": 2.0}

@@ -37,7 +37,7 @@ def _style(**kw: object) -> Style:
 def test_config_round_trips_through_dict_and_carries_version():
     cfg = WorldConfig(resolution=32, caption_wrong=0.1)
     assert WorldConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.version == W.WORLD_VERSION == "mini-2"
+    assert cfg.version == W.WORLD_VERSION == "mini-19"
     with pytest.raises(ValueError):
         WorldConfig.from_dict({"no_such_field": 1})
 

@@ -21,7 +21,9 @@ import numpy as np
 
 from opd.worlds.mini.font import font_for_resolution, get_font
 
-WORLD_VERSION = "mini-2"
+# The generator's version: a profile's world is this code plus its ``world.params`` (mini-19:
+# config/profiles/mini.yaml; worlds are never changed in place, a new one gets a new name).
+WORLD_VERSION = "mini-19"
 
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "texture")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -74,13 +76,11 @@ class WorldConfig:
     radius_lo: float = 0.12
     radius_hi: tuple[float, ...] = (0.25, 0.2, 0.16, 0.15, 0.14, 0.13)
     cross_arm: float = 0.32  # half-width of a cross's arm, as a fraction of r
-    # Two-object relation scenes without text: "shrink" (mini-2, the profiles' world) draws them
-    # like any scene and shrinks them until they fit, which at 16 px leaves them 1.7-2.9 px, too
+    # Two-object relation scenes without text: "shrink" (the default, mini-2's) draws them like
+    # any scene and shrinks them until they fit, which at 16 px leaves them 1.7-2.9 px, too
     # small for the detector to name both shapes of 16% of position scenes (0.98 overall);
-    # "axis" lays the pair out along the relation's axis with half-extents in
-    # [relation_min_radius_px, what fits] (detector 0.9975 at 16 px; a candidate for mini-3,
-    # whose base model and learned scorers still need calibrating:
-    # benchmarks/results/mini2_status.md).
+    # "axis" (mini-19) lays the pair out along the relation's axis with half-extents in
+    # [relation_min_radius_px, what fits] (detector 0.9975 at 16 px).
     relation_layout: str = "shrink"
     # "free": objects of scenes without text anywhere they fit (relation pairs as
     # relation_layout says); "grid": each in its own cell of a 2x2 grid, centred, as large as the
