@@ -52,8 +52,9 @@ def world_version(cfg: Mapping[str, Any]) -> str:
 
 
 def read_eval(path: Path) -> pd.DataFrame:
-    """One eval CSV of ``opd evaluate`` with ``column`` renamed to ``metric``."""
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    """One eval CSV of ``opd evaluate`` with ``column`` renamed to ``metric`` (an ``se`` the
+    evaluation could not estimate, written ``nan``, reads as missing)."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan"])
     missing = {"run", "seed", "step", "column", "eval_seed", "value"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")

@@ -260,7 +260,10 @@ def test_collect_builds_the_tidy_table(tmp_path):
                 "eval_seed": 10,
                 "value": 0.5,
                 "n": 4,
-            },
+                "se": se,
+            }
+            # an SE the evaluation could not estimate is written "nan" (csv.DictWriter)
+            for se in ("0.02", "nan")
         ]
     ).to_csv(ev, index=False)
     run_dir = tmp_path / "run"
@@ -274,7 +277,9 @@ def test_collect_builds_the_tidy_table(tmp_path):
     assert (df["world_version"] == "w-test").all()
     out = write_metrics(df, tmp_path / "metrics.csv")
     back = read_metrics(out)
-    assert len(back) == 2 and back["eval_seed"].dropna().tolist() == [10]
+    assert len(back) == 3 and back["eval_seed"].dropna().tolist() == [10, 10]
+    evals = back[back["metric"] == "m1"]
+    assert evals["se"].iloc[0] == 0.02 and pd.isna(evals["se"].iloc[1])
 
 
 def test_figures_render_to_files_with_generated_captions(tmp_path):
