@@ -91,7 +91,8 @@ def main() -> None:
             pool.submit(_train, str(config), t, args.train_seed, str(work / t)) for t in tasks
         ]
         train_seconds = dict(f.result() for f in futures)
-    print(f"[teacher_seeds] trained {tasks} with seed {args.train_seed} in {time.time() - t0:.0f} s")
+    took = time.time() - t0
+    print(f"[teacher_seeds] trained {tasks} with seed {args.train_seed} in {took:.0f} s")
 
     metrics = read_metrics(args.results / "metrics.csv")
     evals = metrics[metrics["eval_seed"].notna()]
