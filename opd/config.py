@@ -204,6 +204,13 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
                     f"{key}[{i}]: {run_name!r} is not a key of methods; known: "
                     f"{', '.join(sorted(methods))}"
                 )
+    listed = {*(cfg.get("table1") or []), *(cfg.get("ablations") or [])}
+    for run_name in cfg.get("run_seeds") or {}:
+        if run_name not in listed:
+            raise ConfigError(
+                f"run_seeds.{run_name}: not a run of table1 or ablations; listed: "
+                f"{', '.join(sorted(listed))}"
+            )
     runs = [(run, f"methods.{run}") for run in methods]
     runs += [(f"teacher_{task}", f"tasks.{task}.teacher") for task in cfg.get("tasks") or {}]
     for run_name, where in runs:
@@ -219,6 +226,17 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
         raise ConfigError(
             f"base.split.at: {split['at']} must be below base.steps ({cfg['base'].get('steps')})"
         )
+
+
+def run_seeds(cfg: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Run name -> training seeds: Table-1 runs take ``seeds``, ablations ``ablation_seeds``,
+    and a run named in ``run_seeds`` its own list (a run in both tables: the union)."""
+    own = cfg.get("run_seeds") or {}
+    seeds: dict[str, set[int]] = {}
+    for key, default in (("table1", "seeds"), ("ablations", "ablation_seeds")):
+        for run in cfg.get(key) or []:
+            seeds.setdefault(run, set()).update(own.get(run, cfg.get(default) or []))
+    return {run: sorted(s) for run, s in seeds.items()}
 
 
 def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ from opd.config import (
     deep_merge,
     load_config,
     method_section,
+    run_seeds,
     write_resolved,
     yaml_leaves,
 )
@@ -107,17 +108,7 @@ def train_launcher():
 LAUNCH = train_launcher()
 
 
-def run_seeds():
-    """Run name -> training seeds: Table-1 runs use ``seeds``, ablations ``ablation_seeds``."""
-    seeds = {}
-    for run in CFG["table1"]:
-        seeds.setdefault(run, set()).update(CFG["seeds"])
-    for run in CFG["ablations"]:
-        seeds.setdefault(run, set()).update(CFG["ablation_seeds"])
-    return {run: sorted(s) for run, s in seeds.items()}
-
-
-RUN_SEEDS = run_seeds()
+RUN_SEEDS = run_seeds(CFG)  # run -> training seeds (opd.config.run_seeds)
 
 
 def alternatives(names):

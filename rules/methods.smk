@@ -1,4 +1,5 @@
-# Stage 2: every configured run x seed (Table-1 runs: `seeds`; ablations: `ablation_seeds`).
+# Stage 2: every configured run x seed (Table-1 runs: `seeds`; ablations: `ablation_seeds`;
+# a run in `run_seeds`: its own).
 # Methods that distil from teachers get every task's teacher adapter.
 
 

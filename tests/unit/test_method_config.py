@@ -85,3 +85,21 @@ def test_reporting_names_every_run_by_the_config_resolver() -> None:
     assert method_of("teacher_text", cfg) == cfg["tasks"]["text"]["teacher"]["method"]
     assert method_of("base_cfg", cfg) == "base"
     assert method_of("no_such_run", cfg) == "no_such_run"
+
+
+def test_run_seeds_give_a_run_its_own_training_seeds() -> None:
+    """``run_seeds`` replaces ``seeds`` / ``ablation_seeds`` for the runs it names; a name that
+    is no run of Table 1 or the ablations stops validation, naming the key."""
+    from opd.config import ConfigError, run_seeds, validate_config
+
+    cfg = load_config("mini")
+    cfg["seeds"], cfg["ablation_seeds"] = [0, 1, 2], [5]
+    cfg["run_seeds"] = {"weighted_sum_rl": [0], "opd_ppo": [3, 4]}
+    validate_config(cfg)
+    seeds = run_seeds(cfg)
+    assert seeds["weighted_sum_rl"] == [0] and seeds["opd"] == [0, 1, 2]
+    assert seeds["opd_ppo"] == [3, 4] and seeds["sft_distill"] == [5]
+    assert set(seeds) == {*cfg["table1"], *cfg["ablations"]}
+    cfg["run_seeds"] = {"no_such_run": [0]}
+    with pytest.raises(ConfigError, match="run_seeds.no_such_run"):
+        validate_config(cfg)

@@ -84,8 +84,11 @@ def job_stats(output: str) -> dict[str, int]:
 
 
 def expected_runs(cfg: dict) -> set[tuple[str, str]]:
-    runs = {(r, str(s)) for r in cfg["table1"] for s in cfg["seeds"]}
-    return runs | {(r, str(s)) for r in cfg["ablations"] for s in cfg["ablation_seeds"]}
+    own = cfg.get("run_seeds") or {}
+    runs = {(r, str(s)) for r in cfg["table1"] for s in own.get(r, cfg["seeds"])}
+    return runs | {
+        (r, str(s)) for r in cfg["ablations"] for s in own.get(r, cfg["ablation_seeds"])
+    }
 
 
 @pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])
