@@ -101,5 +101,5 @@ def test_run_seeds_give_a_run_its_own_training_seeds() -> None:
     assert seeds["opd_ppo"] == [3, 4] and seeds["sft_distill"] == [5]
     assert set(seeds) == {*cfg["table1"], *cfg["ablations"]}
     cfg["run_seeds"] = {"no_such_run": [0]}
-    with pytest.raises(ConfigError, match="run_seeds.no_such_run"):
+    with pytest.raises(ConfigError, match=r"run_seeds\.no_such_run"):
         validate_config(cfg)

@@ -86,9 +86,7 @@ def job_stats(output: str) -> dict[str, int]:
 def expected_runs(cfg: dict) -> set[tuple[str, str]]:
     own = cfg.get("run_seeds") or {}
     runs = {(r, str(s)) for r in cfg["table1"] for s in own.get(r, cfg["seeds"])}
-    return runs | {
-        (r, str(s)) for r in cfg["ablations"] for s in own.get(r, cfg["ablation_seeds"])
-    }
+    return runs | {(r, str(s)) for r in cfg["ablations"] for s in own.get(r, cfg["ablation_seeds"])}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])
