@@ -4,7 +4,8 @@ For each task that a benchmark column scores, ``eval.prompts_per_task`` test pro
 round-robin over the sub-task tags, so that every sub-task is covered), each
 ``eval.images_per_prompt`` times (one number or one per task; default 1) from its own noise at a
 run's final checkpoint and for the base model, ``eval.intermediate_images_per_prompt`` times at
-its other checkpoints (default: the same), are sampled with the
+its other checkpoints (default: the same; those may also take fewer prompts,
+``eval.intermediate_prompts_per_task``, the first of the same round-robin), are sampled with the
 deterministic ODE (``eval.num_steps``, shifted grid) once per evaluation seed; the images are
 decoded and scored by every column on that prompt set. A column's value for one evaluation seed
 is the scorer's mean, or its own aggregate where it defines one (the compositional score is the
@@ -139,14 +140,16 @@ class Evaluator:
         self.grid = time_grid(int(ev["num_steps"]), shift=float(ev.get("shift", 3.0)))
         self.seeds = [int(s) for s in ev["seeds"]]
         n = int(ev["prompts_per_task"])
+        sizes = {True: n, False: int(ev.get("intermediate_prompts_per_task", n))}
         self.columns = profile["benchmarks"]
         # (task, final checkpoint?) -> prompts and metadata, each prompt repeated in a row
         self.sets: dict[tuple[str, bool], tuple[list[str], list[dict]]] = {}
         for spec in self.columns.values():
             task = spec["task"]
             if (task, True) not in self.sets:
-                prompts, meta = stratified_prompts(*load_prompts(task, split, profile), n)
-                for final in (True, False):
+                every = load_prompts(task, split, profile)
+                for final in (True, False):  # round-robin: the intermediate set is a prefix
+                    prompts, meta = stratified_prompts(*every, sizes[final])
                     k = images_per_prompt(ev, task, final)
                     self.sets[task, final] = repeat_prompts(prompts, meta, k)
         self.embeds = {key: model.encode_prompts(p) for key, (p, _) in self.sets.items()}

@@ -96,6 +96,7 @@ def test_final_and_intermediate_checkpoints_use_their_own_images_per_prompt(smok
     from opd.evaluation import images_per_prompt
 
     ev = {"images_per_prompt": {"text": 3}, "intermediate_images_per_prompt": 1}
+    ev["intermediate_prompts_per_task"] = 2
     cfg = {**smoke_stage1, "eval": {**smoke_stage1["eval"], **ev}}
     assert [images_per_prompt(ev, t, f) for t in ("text", "aesthetics") for f in (1, 0)] == [
         3,
@@ -109,6 +110,15 @@ def test_final_and_intermediate_checkpoints_use_their_own_images_per_prompt(smok
     n = {(r["step"], r["task"]) for r in rows}
     sizes = {(r["step"], r["task"]): int(r["n"]) for r in rows}
     prompts = int(cfg["eval"]["prompts_per_task"])
-    assert n and all(sizes["0", t] == prompts for _, t in n)  # intermediate: one image each
+    assert n and all(sizes["0", t] == 2 for _, t in n)  # intermediate: 2 prompts, one image
     assert sizes["1", "text"] == 3 * prompts
     assert all(sizes["1", t] == prompts for _, t in n if t != "text")
+    # the intermediate prompts are the first of the final checkpoint's
+    from opd.evaluation import Evaluator
+    from opd.training.context import load_base_model
+
+    evaluator = Evaluator(load_base_model(cfg), cfg)
+    for (task, final), (p, _) in evaluator.sets.items():
+        if not final:
+            once = evaluator.sets[task, True][0][:: images_per_prompt(ev, task)]
+            assert len(p) == 2 and p == once[:2]
