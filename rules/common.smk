@@ -340,6 +340,13 @@ def all_teacher_args():
     return " ".join(f"--teacher {t}={teacher_dir(t)}/final" for t in TASKS)
 
 
+def run_priority(wildcards):
+    """Scheduling priority of a training run, below the teachers' 10: runs that distil from
+    teachers are short, the rest (baselines sized by fairness) long and started first.
+    """
+    return 1 if needs_teachers(wildcards.run) else 5
+
+
 def teacher_args(wildcards):
     """Every task's teacher for methods that distil from teachers; nothing for the others."""
     return all_teacher_args() if needs_teachers(wildcards.run) else ""

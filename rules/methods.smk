@@ -13,6 +13,9 @@ rule train_run:
         f"{LOGS}/runs/{{run}}/seed{{seed}}.log",
     benchmark:
         f"{BENCH}/runs/{{run}}/seed{{seed}}.tsv"
+    # longest first: each baseline's budget is the teachers' plus the student's, so its runs
+    # start before the short distillation runs, which then fill the cores at the end
+    priority: run_priority
     conda:
         ENV
     container:
