@@ -152,10 +152,20 @@ class Evaluator:
                     prompts, meta = stratified_prompts(*every, sizes[final])
                     k = images_per_prompt(ev, task, final)
                     self.sets[task, final] = repeat_prompts(prompts, meta, k)
-        self.embeds = {key: model.encode_prompts(p) for key, (p, _) in self.sets.items()}
+        self.embeds: dict[tuple[str, bool], PromptEmbeds] = {}  # encoded when first sampled
         self.scorers = {
             c: build_scorer(spec["scorer"], profile) for c, spec in self.columns.items()
         }
+
+    def _embeds(self, task: str, final: bool) -> PromptEmbeds:
+        """The prompt set's embeddings, encoded once; the two sets share them when equal."""
+        if (task, final) not in self.embeds:
+            other = (task, not final)
+            same = other in self.embeds and self.sets[other][0] == self.sets[task, final][0]
+            self.embeds[task, final] = (
+                self.embeds[other] if same else self.model.encode_prompts(self.sets[task, final][0])
+            )
+        return self.embeds[task, final]
 
     @property
     def prompts(self) -> dict[str, tuple[list[str], list[dict]]]:
@@ -173,7 +183,7 @@ class Evaluator:
         """
         prompts, _ = self.sets[task, final]
         n, k = len(prompts), len(self.seeds)
-        embeds = PromptEmbeds.cat([self.embeds[task, final]] * k)
+        embeds = PromptEmbeds.cat([self._embeds(task, final)] * k)
         traj = rollout(
             self.model.velocity_fn(embeds, guidance_scale=guidance, adapter=adapter),
             self.model.latent_shape(n)[1:],
