@@ -20,6 +20,7 @@ from opd.registry import METHODS
 from opd.sampling import gaussian_log_prob, sde_step
 from opd.training.base import STUDENT, Method, keyed_seed
 from opd.training.options import OPDConfig, OPDPPOConfig, SFTConfig
+from opd.training.rl import tile_embeds
 from opd.training.rollouts import forward_noising, roll, sampler_for
 
 
@@ -58,25 +59,44 @@ class DiffusionOPD(Method):
             )
             teacher = self.ctx.teachers[task]
             g_t = self.ctx.tasks[task].teacher_guidance
-            traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
-            times = grid.tolist()
-            teacher_v = model.velocity_fn(batch.embeds, guidance_scale=g_t, adapter=teacher)
-            student_v = model.velocity_fn(
-                batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
-            )
+            traj, n = batch.traj, len(batch.prompts)
+            times = batch.grid.tolist()
+            steps = list(self.trained_steps(iteration, task))
+            per_call = cfg.steps_per_call or len(steps)
+            calls: dict[int, tuple] = {}  # stack size -> (teacher, student) closures
             total = 0.0
-            for j in self.trained_steps(iteration, task):
-                x, x_next = traj.states[j], traj.states[j + 1]
-                t, t_next = times[j], times[j + 1]
+            for start in range(0, len(steps), per_call):
+                js = steps[start : start + per_call]
+                c = len(js)
+                x = torch.cat([traj.states[j] for j in js])
+                x_next = torch.cat([traj.states[j + 1] for j in js]) if a > 0 else None
+                # one step alone keeps Python-number times (the samplers' cached coefficients)
+                t: float | torch.Tensor = times[js[0]]
+                t_next: float | torch.Tensor = times[js[0] + 1]
+                if c > 1:
+                    t, t_next = (
+                        torch.tensor(
+                            [times[j + d] for j in js], dtype=torch.float64
+                        ).repeat_interleave(n)
+                        for d in (0, 1)
+                    )
+                if c not in calls:
+                    embeds = tile_embeds(batch.embeds, c)
+                    calls[c] = (
+                        model.velocity_fn(embeds, guidance_scale=g_t, adapter=teacher),
+                        model.velocity_fn(embeds, guidance_scale=self.guidance, adapter=STUDENT),
+                    )
+                teacher_v, student_v = calls[c]
                 with torch.no_grad():
                     v_t = teacher_v(x, t)
-                    out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next if a > 0 else None)
-                compute.forward(n, g_t)
+                    out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next)
+                compute.forward(c * n, g_t)
                 v_s = student_v(x, t)
-                out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next if a > 0 else None)
-                compute.forward(n, self.guidance, grad=True)
+                out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next)
+                compute.forward(c * n, self.guidance, grad=True)
                 loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)
-                loss = loss.mean() / len(self.task_names)
+                # each step's batch mean, as one call per step weighs it, then summed
+                loss = loss.reshape(c, n).mean(1).sum() / len(self.task_names)
                 loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/loss"] = total

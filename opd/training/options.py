@@ -124,11 +124,18 @@ class NFTConfig(MethodConfig):
 class OPDConfig(MethodConfig):
     noise_level: float = 0.0  # 0: the ODE objective (paper Eq. 12); > 0: closed-form KL (Eq. 11)
     prompts_per_task: int = 8
+    # a task's trained steps stacked into one student call and one teacher call: 1 (one call
+    # each, the paper's memory) ... 0 (all in one call); results equal up to float summation
+    steps_per_call: int = 1
 
     def validate(self) -> None:
         super().validate()
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+        if self.steps_per_call < 0:
+            raise ValueError(
+                f"steps_per_call must be >= 0 (0: all in one call), got {self.steps_per_call}"
+            )
 
 
 @dataclasses.dataclass
