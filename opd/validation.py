@@ -136,13 +136,22 @@ def base_checks(
                 2,
                 f"{column}: CFG gain {float(nocfg.mean()):.3g} -> "
                 f"{float(cfg.mean()):.3g} in standard errors "
-                f"({profile['eval']['prompts_per_task']} prompts x {len(diff)} seeds)",
+                f"({_sample_size(base_eval, column, profile)} x {len(diff)} seeds)",
                 z,
                 ">=",
                 2.0,
             )
         )
     return rows
+
+
+def _sample_size(base_eval: pd.DataFrame, column: str, profile: dict[str, Any]) -> str:
+    """What one evaluation seed of ``column`` scored: its images (the eval rows' ``n``), else
+    the prompts the config asks for (older CSVs have no ``n``)."""
+    rows = base_eval[(base_eval["run"] == "base_cfg") & (base_eval["column"] == column)]
+    if "n" in rows and rows["n"].notna().any():
+        return f"{int(rows['n'].max())} images"
+    return f"{profile['eval']['prompts_per_task']} prompts"
 
 
 def ceiling_values(profile: dict[str, Any], n: int = 64, seed: int = 7) -> dict[str, float]:

@@ -27,7 +27,8 @@ def test_property_2_uses_the_validation_prompts(smoke_stage1: dict, tmp_path: Pa
     assert set(pd.read_csv(base_csv)["n"]) == {n_eval}
     # the CFG-gain rows name the sample they were measured on, and use its values
     gain = table[table["check"].str.startswith("compose: CFG gain")]
-    assert len(gain) == 1 and f"({2 * n_eval} prompts x " in gain["check"].iloc[0]
+    images = int(again[(again["run"] == "base_cfg") & (again["column"] == "compose")]["n"].max())
+    assert len(gain) == 1 and f"({images} images x " in gain["check"].iloc[0]
     per_seed = again.groupby(["run", "column", "eval_seed"])["value"].mean()
     assert f"{per_seed.loc['base_cfg', 'compose'].mean():.3g}" in gain["check"].iloc[0]
     # Table 1's bounds: the floor on Table 1's own prompts, not the validation's
