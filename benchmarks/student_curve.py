@@ -60,9 +60,9 @@ def main() -> None:
     from opd.config import load_config
     from opd.evaluation import adapter_kwargs, eval_guidance_of
     from opd.training import checkpoint as ckpt
-    from opd.training.base import STUDENT
+    from opd.training.base import STUDENT, run_guidance
     from opd.training.context import load_base_model
-    from opd.training.loop import run_guidance, train_run
+    from opd.training.loop import train_run
 
     args = _parse()
     torch.set_num_threads(args.threads)

@@ -1,58 +1,31 @@
 """The ``opd`` console script: list what is registered and run the suite's steps.
 
 Each sub-command lives in its own module under ``opd.commands`` with ``add_parser(sub)`` and
-``run(args) -> int``; the modules are discovered, so adding a command is adding a file. Commands
-are thin: they parse arguments, load the validated config and call the library.
+``run(args) -> int``; the modules are discovered, so adding a command is adding a file
+(:func:`opd.commands.build_parser`). Commands are thin: they parse arguments, load the
+validated config and call the library. In a workflow job with a warm server
+(:mod:`opd.warmstart`) the command runs there.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 
-import opd.commands
+from opd.commands import build_parser, dispatch
+from opd.warmstart import run_client
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opd", description="DiffusionOPD reproduction suite")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(opd.commands.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"opd.commands.{info.name}")
-        p = module.add_parser(sub)
-        p.set_defaults(func=module.run)
-    return parser
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and os.environ.get("OPD_WARM_SOCKET"):
-        # a workflow job with a warm server (opd.warmstart): run there, else start cold
-        from opd.warmstart import run_client
-
+        # a workflow job with a warm server: run there, else start cold
         rc = run_client(sys.argv[1:])
         if rc is not None:
             return rc
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from opd.config import ConfigError
-    from opd.registry import UnknownNameError
-    from opd.training.checkpoint import CheckpointError
-
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, UnknownNameError) as err:
-        print(f"opd {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, FloatingPointError, FileNotFoundError) as err:
-        # damaged or foreign checkpoints, NaN/Inf (NonFiniteError), missing inputs: the
-        # message names the culprit; the traceback would only bury it
-        print(f"opd {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    return dispatch(argv)
 
 
 if __name__ == "__main__":

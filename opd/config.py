@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from opd import manifest
+from opd.registry import METHODS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.json"
@@ -194,7 +197,6 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     if errors:
         lines = [f"  {_format_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    from opd import manifest
 
     methods = cfg.get("methods") or {}
     for key in ("table1", "ablations"):
@@ -273,9 +275,7 @@ def method_section(cfg: Mapping[str, Any], run: str) -> tuple[str, dict[str, Any
 
 def resolve_method(cfg: Mapping[str, Any], run: str) -> tuple[type, Any, dict[str, Any]]:
     """The method class, its validated config dataclass and the raw section (``method``
-    included) of run ``run``, as :func:`method_section` resolves it; imports the registry."""
-    from opd.registry import METHODS
-
+    included) of run ``run``, as :func:`method_section` resolves it; imports the method modules."""
     name, section = method_section(cfg, run)
     cls = METHODS.get(name)
     method_cfg = build_dataclass(cls.Config, section, f"methods.{run}")
@@ -284,8 +284,6 @@ def resolve_method(cfg: Mapping[str, Any], run: str) -> tuple[type, Any, dict[st
 
 def _check_scorer_names(cfg: Mapping[str, Any]) -> None:
     """Every scorer the config names (rewards, benchmark columns, learned scorers) exists."""
-    from opd import manifest
-
     named = [(f"learned_scorers[{i}]", n) for i, n in enumerate(cfg.get("learned_scorers") or [])]
     for task, section in (cfg.get("tasks") or {}).items():
         named += [(f"tasks.{task}.reward.{n}", n) for n in section.get("reward") or {}]

@@ -47,6 +47,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from opd.config import load_config, load_resolved
+
 LOCK_NAME = "checksums.lock.json"
 DEFAULT_CACHE = "resources/prompts"
 
@@ -339,7 +341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "adapter":
         print(fetch_adapter(args.source, args.out, args.revision))
         return 0
-    from opd.config import load_config, load_resolved
 
     cfg = load_resolved(args.config) if args.config else load_config(args.profile)
     names = list(args.sets)

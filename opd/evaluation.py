@@ -34,11 +34,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from opd.config import ConfigError, build_dataclass, resolve_method
 from opd.faults import maybe_fail
 from opd.models import PromptEmbeds
+from opd.registry import METHODS
 from opd.sampling import make_sampler, rollout, time_grid
 from opd.training import checkpoint as ckpt
 from opd.training.base import STUDENT, eval_guidance
+from opd.training.context import build_scorer, load_base_model, load_prompts
+from opd.training.loop import read_run_info, run_config_hash
 
 EVAL_FIELDS = [
     "run",
@@ -132,8 +136,6 @@ class Evaluator:
     profile."""
 
     def __init__(self, model: Any, profile: dict[str, Any], split: str = "test") -> None:
-        from opd.training.context import build_scorer, load_prompts
-
         self.model = model
         self.profile = profile
         ev = profile["eval"]
@@ -291,8 +293,6 @@ def _save_samples(path: Path | None, samples: dict[str, Any]) -> None:
 
 def eval_guidance_of(profile: dict[str, Any], run: str) -> float:
     """The CFG scale a run is evaluated at (its own ``eval_guidance`` or the profile's)."""
-    from opd.config import resolve_method
-
     _, cfg, _ = resolve_method(profile, run)
     return eval_guidance(cfg, profile)
 
@@ -310,10 +310,6 @@ def run_eval_settings(
     without ``run.json`` falls back to ``profile``; one that holds another run is a
     :class:`~opd.config.ConfigError`.
     """
-    from opd.config import ConfigError, build_dataclass, resolve_method
-    from opd.registry import METHODS
-    from opd.training.loop import read_run_info, run_config_hash
-
     try:
         _, given_cfg, given_section = resolve_method(profile, run)
         given = (given_section["method"], eval_guidance(given_cfg, profile))
@@ -398,8 +394,6 @@ def evaluate_run(
     """Evaluate every checkpoint of ``run_dir`` and write the eval CSV ``out``; with
     ``base_eval`` (the base model's eval CSV), identity checkpoints reuse its rows. The method
     and the CFG scale are the run's own (:func:`run_eval_settings`)."""
-    from opd.training.context import load_base_model
-
     method, guidance = run_eval_settings(profile, Path(run_dir), run, seed)
     model = load_base_model(profile)
     evaluator = Evaluator(model, profile)
@@ -456,8 +450,6 @@ def evaluate_run(
 
 def evaluate_base(profile: dict[str, Any], out: Path, samples_out: Path | None = None) -> Path:
     """Evaluate the base model without and with CFG (the first two rows of Table 1)."""
-    from opd.training.context import load_base_model
-
     model = load_base_model(profile)
     evaluator = Evaluator(model, profile)
     rows: list[dict[str, Any]] = []
@@ -496,9 +488,6 @@ def evaluate_adapter(
     Its rows are the run's final checkpoint (stage ``final``, step 0) with zero compute: the
     adapter's training is not ours to count.
     """
-    from opd.config import resolve_method
-    from opd.training.context import load_base_model
-
     model = load_base_model(profile)
     evaluator = Evaluator(model, profile)
     guidance = eval_guidance_of(profile, run)

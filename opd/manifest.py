@@ -22,7 +22,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from opd.registry import METHODS, SCORERS
+
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+PAPER_PACKAGE = "opd.rewards.paper"
 
 
 def _method_entry(cls: Any) -> dict[str, Any]:
@@ -34,17 +37,16 @@ def _method_entry(cls: Any) -> dict[str, Any]:
 
 
 def _scorer_entry(name: str, factory: Any) -> dict[str, Any]:
-    from opd.rewards.paper import PAPER_SCORERS
-
     param = inspect.signature(factory).parameters.get("backend")
     empty = param is None or param.default is inspect.Parameter.empty
-    return {"backend": "local" if empty else str(param.default), "paper": name in PAPER_SCORERS}
+    # a paper scorer is one that opd.rewards.paper defines (read, not imported: this module
+    # sits below the rewards)
+    paper = str(getattr(factory, "__module__", "")).startswith(PAPER_PACKAGE)
+    return {"backend": "local" if empty else str(param.default), "paper": paper}
 
 
 def build() -> dict[str, Any]:
     """The manifest, from the registries (imports every method and scorer module)."""
-    from opd.registry import METHODS, SCORERS
-
     return {
         "methods": {name: _method_entry(cls) for name, cls in METHODS.items()},
         "scorers": {name: _scorer_entry(name, f) for name, f in SCORERS.items()},
@@ -64,8 +66,6 @@ def method(name: str) -> dict[str, Any]:
     unknown name raises the registry's error, which lists the known ones)."""
     entry = load()["methods"].get(name)
     if entry is None:
-        from opd.registry import METHODS
-
         entry = _method_entry(METHODS.get(name))
     return entry
 
@@ -83,8 +83,6 @@ def scorer(name: str) -> dict[str, Any]:
     """Scorer ``name``'s entry: from the manifest, else from the registry (imports it)."""
     entry = load()["scorers"].get(name)
     if entry is None:
-        from opd.registry import SCORERS
-
         entry = _scorer_entry(name, SCORERS.get(name))
     return entry
 

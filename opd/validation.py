@@ -36,6 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opd.rewards import get_scorer
+from opd.worlds.mini import WorldConfig, layout_scenes, render, sample_scenes
+from opd.worlds.mini.prompts import spec_for
+
 
 def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     """A permutation that moves every item (a random cyclic shift of a shuffled order)."""
@@ -48,9 +52,6 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 def scorer_checks(profile: dict[str, Any], n: int = 2000, seed: int = 123) -> list[dict[str, Any]]:
     """Property 1 for the rule-based scorers: clean renders and shuffled pairings (2,000 renders
     per task: a standard error of about 0.003 at 0.98; 300 gave 0.008, wider than the margin)."""
-    from opd.rewards import get_scorer
-    from opd.worlds.mini import WorldConfig, sample_scenes
-
     world = WorldConfig.from_dict(profile["world"].get("params", {}))
     rows = []
     rng = np.random.default_rng(seed)
@@ -159,7 +160,6 @@ def ceiling_values(profile: dict[str, Any], n: int = 64, seed: int = 7) -> dict[
     clean renders of ``n`` prompts of its set (property 2 uses :func:`prompt_ceilings`)."""
     from opd.evaluation import column_value
     from opd.training.context import build_scorer
-    from opd.worlds.mini import WorldConfig, sample_scenes
 
     world = WorldConfig.from_dict(profile["world"].get("params", {}))
     out = {}
@@ -186,8 +186,6 @@ def prompt_ceilings(
     is."""
     from opd.evaluation import column_value, stratified_prompts
     from opd.training.context import build_scorer, load_prompts
-    from opd.worlds.mini import WorldConfig, layout_scenes, render
-    from opd.worlds.mini.prompts import spec_for
 
     world = WorldConfig.from_dict(profile["world"].get("params", {}))
     n = int(profile["eval"]["prompts_per_task"])

@@ -35,6 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import opd
+from opd.commands import dispatch
+
 SOCKET_ENV = "OPD_WARM_SOCKET"
 WORKER_ENV = "OPD_WARM_WORKER"
 # Read by the libraries when they are imported: a job whose values differ starts cold.
@@ -102,8 +105,6 @@ def _import_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def _interpreter() -> dict[str, str]:
-    import opd
-
     return {"python": os.path.realpath(sys.executable), "opd": os.path.realpath(opd.__file__)}
 
 
@@ -286,11 +287,9 @@ def _watch_client(conn: socket.socket) -> None:
 
 
 def _run_command(argv: list[str]) -> int:
-    from opd.cli import main
-
     sys.argv = ["opd", *argv]
     try:
-        return int(main(argv) or 0)
+        return int(dispatch(argv) or 0)
     except SystemExit as exit_:
         code = exit_.code
         if code is None:
@@ -312,8 +311,6 @@ def preload(modules: Sequence[str] = PRELOAD) -> list[str]:
     """Import what the commands import (and every ``opd`` module); returns the modules that
     could not be imported (optional dependencies of the paper profile)."""
     import pkgutil
-
-    import opd
 
     names = list(modules)
     names += [m.name for m in pkgutil.walk_packages(opd.__path__, "opd.") if m.name != __name__]

@@ -23,7 +23,8 @@ the table and the ``recovery`` figure.
 
 Figures (:mod:`opd.analysis.plots`, Agg backend): :func:`grad_variance_figure`,
 :func:`variance_caption`, :func:`retention_figure`, :func:`retention_caption`,
-:func:`recovery_figure`, :func:`recovery_caption`, :func:`save_figure`, :func:`write_caption`.
+:func:`recovery_figure`, :func:`recovery_caption`, :func:`write_recovery_figure`,
+:func:`save_figure`, :func:`write_caption`.
 Importing :mod:`opd.analysis` loads torch and pandas but not matplotlib: the plotting names load
 :mod:`opd.analysis.plots` on first use.
 """
@@ -62,6 +63,7 @@ _PLOTS = (
     "save_figure",
     "variance_caption",
     "write_caption",
+    "write_recovery_figure",
 )
 
 __all__ = [

@@ -37,6 +37,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from opd.analysis.properties import BASELINES, ceilings, recovery_curves, standard_error
+from opd.analysis.retention import main_columns, retention_curves, stage_boundaries, teacher_finals
+
 __all__ = [
     "ESTIMATOR_LABELS",
     "grad_variance_figure",
@@ -47,6 +50,7 @@ __all__ = [
     "save_figure",
     "variance_caption",
     "write_caption",
+    "write_recovery_figure",
 ]
 
 #: Display names of the estimators.
@@ -348,13 +352,6 @@ def retention_figure(
     over training seeds, ±1 std band), cascade stage ends as vertical lines in the run's colour,
     the panel task's teacher final value as a dashed line and the base model with CFG dotted.
     """
-    from opd.analysis.retention import (
-        main_columns,
-        retention_curves,
-        stage_boundaries,
-        teacher_finals,
-    )
-
     sns.set_theme(style="whitegrid", context="paper")
     cols = list(columns) if columns is not None else main_columns(cfg)
     curves = retention_curves(df, cfg)
@@ -414,8 +411,6 @@ def retention_figure(
 def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFrame) -> str:
     """Caption of the retention figure with the measured forgetting (from ``table``, the
     output of :func:`opd.analysis.retention.retention_table`)."""
-    from opd.analysis.retention import main_columns
-
     cols = main_columns(cfg)
     parts = [
         "Per-task retention: each task's main benchmark column ("
@@ -467,8 +462,6 @@ def retention_caption(df: pd.DataFrame, cfg: Mapping[str, Any], table: pd.DataFr
 # --------------------------------------------------------------------------------------------
 def _by_step(points: pd.DataFrame) -> pd.DataFrame:
     """Per checkpoint step: mean compute, mean fraction and its SE over training seeds."""
-    from opd.analysis.properties import standard_error
-
     g = points.groupby("step")
     out = pd.DataFrame(
         {
@@ -482,8 +475,6 @@ def _by_step(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _recovery_runs(curves: Any) -> list[str]:
-    from opd.analysis.properties import BASELINES
-
     have = set(curves.points["run"])
     return [r for r in (curves.method, *BASELINES) if r in have]
 
@@ -616,3 +607,19 @@ def recovery_caption(curves: Any) -> str:
     if not curves.teachers:
         parts.append("No teacher was evaluated.")
     return " ".join(parts)
+
+
+def write_recovery_figure(
+    metrics: pd.DataFrame,
+    cfg: Mapping[str, Any],
+    ceilings_file: Path | None,
+    figures_dir: Path,
+) -> list[Path]:
+    """Draw the ``recovery`` figure (PNG, PDF) and its caption under ``figures_dir``, from the
+    metrics table and the ceilings that :func:`~opd.analysis.properties.write_property_checks`
+    uses; returns the figure's paths."""
+    curves = recovery_curves(metrics, cfg, ceilings(cfg, ceilings_file))
+    stem = Path(figures_dir) / "recovery"
+    paths = save_figure(recovery_figure(curves), stem)
+    write_caption(recovery_caption(curves), stem)
+    return paths

@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opd.reporting.tables import checkpoint_values, final_values
+
 BASE_RUN = "base_cfg"
 BASE_NOCFG = "base_nocfg"
 TEACHER_PREFIX = "teacher_"
@@ -447,8 +449,6 @@ def recovery_curves(
 ) -> RecoveryCurves:
     """Every evaluated checkpoint of ``method`` and the baselines as fractions of each task's
     headroom (the student's recovery is its fraction over the teacher's)."""
-    from opd.reporting.tables import checkpoint_values, final_values
-
     f = _Finals(metrics, cfg)
     teachers = _teachers(f, _tasks(metrics, cfg), ceiling)
     points = checkpoint_values(metrics, list(cfg["benchmarks"]))
@@ -481,10 +481,9 @@ def write_property_checks(
     cfg: Mapping[str, Any],
     ceilings_file: Path | None,
     out_dir: Path,
-    figures_dir: Path | None = None,
 ) -> pd.DataFrame:
-    """Write ``properties.{csv,md}`` under ``out_dir`` (and, with ``figures_dir``, the
-    ``recovery`` figure and its caption there) and return the table."""
+    """Write ``properties.{csv,md}`` under ``out_dir`` and return the table (the ``recovery``
+    figure: :func:`opd.analysis.plots.write_recovery_figure`)."""
     ceiling = ceilings(cfg, ceilings_file)
     table = property_checks(metrics, cfg, ceiling)
     world = cfg.get("world", {}).get("version", "none") if cfg.get("world") else "none"
@@ -493,11 +492,4 @@ def write_property_checks(
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "properties.csv", index=False)
     (out_dir / "properties.md").write_text(table.to_markdown(index=False) + "\n")
-    if figures_dir is not None:
-        from opd.analysis.plots import recovery_caption, recovery_figure, save_figure, write_caption
-
-        curves = recovery_curves(metrics, cfg, ceiling)
-        stem = Path(figures_dir) / "recovery"
-        save_figure(recovery_figure(curves), stem)
-        write_caption(recovery_caption(curves), stem)
     return table

@@ -90,6 +90,7 @@ import torch
 from torch import Tensor, nn
 
 from opd import objectives as obj
+from opd.models.lora import adapter_layers
 from opd.sampling import gaussian_log_prob, make_sampler, rollout, sde_step, step_noise, time_grid
 
 __all__ = [
@@ -429,8 +430,6 @@ class LoraRowGrads:
     """
 
     def __init__(self, model: Any, name: str) -> None:
-        from opd.models.lora import adapter_layers
-
         self.linears: list[nn.Linear] = []
         for _, layer in adapter_layers(model.transformer, name):
             self.linears += [layer.lora_A[name], layer.lora_B[name]]

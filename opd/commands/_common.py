@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from opd.config import load_config, load_resolved
+
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -26,8 +28,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> dict[str, Any]:
-    from opd.config import load_config, load_resolved
-
     if args.config is not None:
         return load_resolved(args.config, set_items=args.set_items)
     return load_config(args.profile, set_items=args.set_items)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from opd import registry
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return sub.add_parser("ls", help="list registered samplers, objectives, scorers and methods")
 
 
 def run(args: argparse.Namespace) -> int:
-    from opd import registry
-
     for reg in (registry.SAMPLERS, registry.OBJECTIVES, registry.SCORERS, registry.METHODS):
         names = reg.names()
         print(f"{reg.kind}s: {', '.join(names) if names else '(none)'}")

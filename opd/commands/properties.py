@@ -4,7 +4,8 @@
 [--ceilings results/<p>/tables/prompt_ceilings.json] [--figures-dir results/<p>/figures]``
 writes ``properties.{csv,md}`` (:func:`opd.analysis.properties.write_property_checks`). The
 ceilings are the config's bounds, else the world validation's best-of-16 clean renders per
-prompt (``--ceilings``); with ``--figures-dir`` it also draws the ``recovery`` figure there.
+prompt (``--ceilings``); with ``--figures-dir`` it also draws the ``recovery`` figure there
+(:func:`opd.analysis.plots.write_recovery_figure`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from opd.reporting.collect import read_metrics
 
     cfg = load(args)
-    table = write_property_checks(
-        read_metrics(args.metrics), cfg, args.ceilings, args.out_dir, args.figures_dir
-    )
+    metrics = read_metrics(args.metrics)
+    table = write_property_checks(metrics, cfg, args.ceilings, args.out_dir)
+    if args.figures_dir is not None:
+        from opd.analysis.plots import write_recovery_figure  # matplotlib: only when drawn
+
+        write_recovery_figure(metrics, cfg, args.ceilings, args.figures_dir)
     print(f"[opd] properties: {int(table['passed'].sum())}/{len(table)} checks pass")
     for _, row in table[~table["passed"]].iterrows():
         print(f"  FAILED ({row['property']}): {row['check']}: {row['value']} {row['threshold']}")

@@ -20,7 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from opd.worlds.mini import WORLD_VERSION, WorldConfig, prompt_set, sample_scenes
+    from opd.worlds.mini import (  # deferred: numpy off the CLI start (build_parser imports all)
+        WORLD_VERSION,
+        WorldConfig,
+        prompt_set,
+        sample_scenes,
+    )
 
     cfg = load(args)
     world = WorldConfig.from_dict(cfg["world"].get("params", {}))

@@ -700,9 +700,7 @@ class FlowModel(nn.Module):
             }
             (out / MINI_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
         else:
-            from opd.models.sd3 import save_sd3
-
-            save_sd3(self, out)
+            _latent_format().save(self, out)
         adir = out / ADAPTERS_DIR
         if adir.exists():
             shutil.rmtree(adir)
@@ -725,7 +723,7 @@ class FlowModel(nn.Module):
         folder (``model_index.json``) or, for a non-existing path, a hub id of an SD3 pipeline
         (e.g. ``stabilityai/stable-diffusion-3.5-medium``; needs network access). Saved
         ``adapters/*`` are attached too when ``adapters``. Extra ``kwargs`` go to the SD3
-        loader (`opd.models.sd3.load_sd3`)."""
+        loader (`opd.models.sd3.load_sd3`, registered in :data:`LATENT_FORMATS`)."""
         p = Path(path)
         if (p / MINI_CONFIG_NAME).is_file():
             meta = json.loads((p / MINI_CONFIG_NAME).read_text())
@@ -748,9 +746,7 @@ class FlowModel(nn.Module):
                 meta=meta.get("meta", {}),
             )
         elif (p / "model_index.json").is_file() or (not p.exists() and _is_hub_id(str(path))):
-            from opd.models.sd3 import load_sd3
-
-            model = load_sd3(str(path), dtype=dtype, **kwargs)
+            model = _latent_format().load(str(path), dtype=dtype, **kwargs)
         else:
             raise FileNotFoundError(
                 f"{p} is neither a mini model folder ({MINI_CONFIG_NAME}), a diffusers pipeline "
@@ -764,6 +760,25 @@ class FlowModel(nn.Module):
                 if (sub / L.CONFIG_NAME).is_file():
                     model.load_adapter(sub.name, sub)
         return model
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How latent (SD3) models are loaded and saved: :mod:`opd.models.sd3` registers its loader
+    here when the package is imported, so that this module, which it builds on, never imports
+    it."""
+
+    load: Callable[..., FlowModel]
+    save: Callable[[FlowModel, Path], Path]
+
+
+LATENT_FORMATS: dict[str, LatentFormat] = {}
+
+
+def _latent_format() -> LatentFormat:
+    if "sd3" not in LATENT_FORMATS:  # registered by opd.models.sd3, which opd.models imports
+        raise RuntimeError("no SD3 loader registered: import opd.models (not only its base)")
+    return LATENT_FORMATS["sd3"]
 
 
 #: ``TinyModelConfig.ff_gelu`` -> the ``approximate`` argument of diffusers' GELU module.

@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from opd.models.base import FlowModel, PromptEmbeds, PromptEncoder, save_transformer, warn_truncated
+from opd.models.base import (
+    LATENT_FORMATS,
+    FlowModel,
+    LatentFormat,
+    PromptEmbeds,
+    PromptEncoder,
+    save_transformer,
+    warn_truncated,
+)
 
 SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
 SD3_CONFIG_NAME = "opd_sd3.json"
@@ -150,3 +158,6 @@ def save_sd3(model: FlowModel, path: str | os.PathLike[str]) -> Path:
     }
     (out / SD3_CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))
     return out
+
+
+LATENT_FORMATS["sd3"] = LatentFormat(load=load_sd3, save=save_sd3)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from opd.config import resolve_method
 from opd.reporting.collect import BASE_RUNS, TEACHER_PREFIX
 
 PAPER_TABLE = Path(__file__).with_name("paper_table1.csv")
@@ -62,8 +63,6 @@ class Bound:
 
 def run_info(cfg: Mapping[str, Any]) -> dict[str, RunInfo]:
     """RunInfo of every configured run, resolved through the method registry."""
-    from opd.config import resolve_method
-
     info = {}
     for run in cfg.get("methods", {}):
         cls, mcfg, raw = resolve_method(dict(cfg), run)

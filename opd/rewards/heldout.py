@@ -46,7 +46,10 @@ import numpy as np
 from scipy import ndimage
 
 from opd.registry import SCORERS
+from opd.rewards.compose import ComposeScorer
 from opd.rewards.learned import LearnedScorer
+from opd.rewards.text import TextScorer
+from opd.worlds.mini import parse_prompt
 
 # Luminance weights (ITU-R BT.601).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float64)
@@ -168,8 +171,6 @@ JUDGE_ALIGNMENT_WEIGHT = 0.7
 
 def _demands(prompt: str, meta: dict[str, Any] | None, config: Any) -> tuple[bool, bool]:
     """(names objects, asks for text) of one prompt, from its metadata or by parsing it."""
-    from opd.worlds.mini import parse_prompt
-
     meta = dict(meta or {})
     if not any(k in meta for k in ("include", "objects", "text")):
         meta = parse_prompt(prompt, config) if prompt else {}
@@ -187,9 +188,6 @@ class JudgeScorer:
     """
 
     def __init__(self, config: Any = None) -> None:
-        from opd.rewards.compose import ComposeScorer
-        from opd.rewards.text import TextScorer
-
         self.config = config
         self.compose = ComposeScorer(config, partial=True)
         self.text = TextScorer(config)

@@ -51,6 +51,7 @@ import torch
 from opd.rewards.learned import (
     ArchConfig,
     ContrastiveModel,
+    LearnedScorer,
     PreferenceModel,
     Vocab,
     bradley_terry_loss,
@@ -59,6 +60,17 @@ from opd.rewards.learned import (
     pairwise_accuracy,
     retrieval_top1,
     save_scorer,
+)
+from opd.worlds.mini import (
+    DEFAULT_CONFIG,
+    TASKS,
+    WORLD_VERSION,
+    WorldConfig,
+    corpus_scenes,
+    hidden_utility,
+    preference_pairs,
+    render,
+    sample_scenes,
 )
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out data come from seed + this offset (never trained on)
@@ -412,8 +424,6 @@ CLIP_PROMPT_MIX: dict[str, float] = {"composition": 0.3, "text": 0.15, "aestheti
 def world_config(config: Any = None) -> Any:
     """A :class:`~opd.worlds.mini.WorldConfig` from ``config``: a WorldConfig, a profile dict
     (its ``world.params``), a dict of WorldConfig fields, or None (the default world)."""
-    from opd.worlds.mini import DEFAULT_CONFIG, WorldConfig
-
     if config is None:
         return DEFAULT_CONFIG
     if isinstance(config, WorldConfig):
@@ -462,8 +472,6 @@ def pair_data(pairs: Any, true_labels: bool = False) -> PairData:
 def relabel(pairs: Any, utility: str, world: Any, min_margin: float = 0.05) -> PairData:
     """The same rendered pairs labelled by another hidden ``utility`` (near ties dropped, as
     ``preference_pairs`` does), so that one set of renders serves every preference scorer."""
-    from opd.worlds.mini import hidden_utility
-
     ua = hidden_utility(utility, pairs.scenes_a, pairs.prompts, world, pairs.metadata)
     ub = hidden_utility(utility, pairs.scenes_b, pairs.prompts, world, pairs.metadata)
     keep = np.nonzero(np.abs(ua - ub) >= min_margin)[0]
@@ -476,8 +484,6 @@ def relabel(pairs: Any, utility: str, world: Any, min_margin: float = 0.05) -> P
 
 
 def _pairs(n: int, seed: int, utility: str, world: Any, split: str) -> Any:
-    from opd.worlds.mini import preference_pairs
-
     return preference_pairs(n, seed, utility, world, split=split)
 
 
@@ -493,7 +499,6 @@ def _load_clip(init: Any) -> tuple[ContrastiveModel, Vocab] | None:
         return None
     if isinstance(init, tuple):
         return init
-    from opd.rewards.learned import LearnedScorer
 
     scorer = init if isinstance(init, LearnedScorer) else LearnedScorer("clip", init)
     model, vocab = scorer.load()
@@ -522,8 +527,6 @@ def train_preference_scorer(
     (``pairwise_accuracy``, the bar) and on the training prompts. Writes ``out_dir/{model.
     safetensors, config.json, metrics.json}`` when ``out_dir`` is given; returns the metrics.
     """
-    from opd.worlds.mini import WORLD_VERSION
-
     spec = PREFERENCE_SCORERS[name]
     tcfg = train_config or scorer_train_config(name, config)
     world = world_config(config)
@@ -584,8 +587,6 @@ def clip_captions(
     """Contrastive data: ``n`` corpus scenes with true captions in alt-text phrasing (see
     ``CLIP_CAPTION_OVERRIDES``), plus clean renders of each task's training prompts
     (``prompt_mix[task] * n`` of them; default :data:`CLIP_PROMPT_MIX`)."""
-    from opd.worlds.mini import corpus_scenes, render, sample_scenes
-
     clean = world.replace(**CLIP_CAPTION_OVERRIDES)
     corpus = corpus_scenes(n, seed, clean)
     images, captions = [render(corpus.scenes, clean)], [list(corpus.captions)]
@@ -614,8 +615,6 @@ def train_clip_scorer(
     is the bar; caption -> image is reported), and the same on clean renders of each task's test
     prompts. Writes ``out_dir/{model.safetensors, config.json, metrics.json}`` when given.
     """
-    from opd.worlds.mini import TASKS, WORLD_VERSION, sample_scenes
-
     tcfg = train_config or scorer_train_config("clip", config)
     world = world_config(config)
     t0 = time.perf_counter()
@@ -718,7 +717,6 @@ def train_all_scorers(
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
-    from opd.worlds.mini import WORLD_VERSION
 
     summary = {
         "world_version": WORLD_VERSION,

@@ -18,6 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from opd.config import resolve_method
+from opd.models import PromptEmbeds
+from opd.models.lora import DEFAULT_TARGETS
 from opd.training.compute import ComputeCounter
 from opd.training.options import MethodConfig
 
@@ -31,6 +34,13 @@ def train_guidance(cfg: MethodConfig, profile: dict[str, Any]) -> float:
     return float(g)
 
 
+def run_guidance(profile: dict[str, Any], run: str) -> float:
+    """The CFG scale run ``run`` trains with, resolved as its training does (a teacher without
+    ``guidance``: its method's default, e.g. NFT's 1.0, else the profile's sampling guidance)."""
+    _, cfg, _ = resolve_method(profile, run)
+    return train_guidance(cfg, profile)
+
+
 def eval_guidance(cfg: MethodConfig, profile: dict[str, Any]) -> float:
     """The CFG scale a run is evaluated at: its own ``eval_guidance``, else the profile's
     ``eval.guidance``."""
@@ -42,8 +52,6 @@ def lora_settings(cfg: MethodConfig, profile: dict[str, Any]) -> dict[str, Any]:
     """Rank, alpha and target modules of a run's student adapter: the method's own
     ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, else the profile's ``model.lora``, else
     the paper's attention projections."""
-    from opd.models.lora import DEFAULT_TARGETS
-
     lora = profile["model"]["lora"]
     targets = cfg.lora_targets or lora.get("targets") or DEFAULT_TARGETS
     return {
@@ -147,8 +155,6 @@ class RunContext:
 
     def embed(self, prompts: Sequence[str]) -> Any:
         """Prompt embeddings with a per-prompt cache (text encoders are frozen)."""
-        from opd.models import PromptEmbeds
-
         missing = [p for p in dict.fromkeys(prompts) if p not in self._embed_cache]
         if missing:
             emb = self.model.encode_prompts(list(missing))

@@ -16,8 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from opd.training.base import RunContext, TaskData, keyed_seed
+from opd.data import load_prompt_file
+from opd.models import FlowModel
+from opd.models.base import set_ff_gelu
+from opd.registry import SCORERS
+from opd.rewards import get_scorer
+from opd.training.base import RunContext, TaskData, keyed_seed, run_guidance
 from opd.training.compute import ComputeCounter
+from opd.worlds.mini import WorldConfig, prompt_set
 
 Reward = Callable[[np.ndarray, list[str], list[dict]], np.ndarray]
 
@@ -105,17 +111,12 @@ def build_scorer(name: str, profile: dict[str, Any]) -> Any:
     """Build scorer ``name`` with the profile's scorer options (weights folder, device)."""
     import inspect
 
-    from opd.registry import SCORERS
-    from opd.rewards import get_scorer
-
     options = dict((profile.get("scorer_options") or {}).get(name, {}))
     scorer_dir = profile.get("paths", {}).get("scorers")
     if scorer_dir and name in profile.get("learned_scorers", []):
         options.setdefault("weights", str(Path(scorer_dir) / name))
     factory = SCORERS.get(name)
     if "config" in inspect.signature(factory).parameters and "world" in profile:
-        from opd.worlds.mini import WorldConfig
-
         options.setdefault("config", WorldConfig.from_dict(profile["world"].get("params", {})))
     return get_scorer(name, **options)
 
@@ -125,11 +126,8 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
     profile's mini world (validation needs its sizes in ``world.params``) or prompt files."""
     source = profile["tasks"][task].get("prompts", {"source": "mini"})
     if source.get("source", "mini") == "mini":
-        from opd.worlds.mini import WorldConfig, prompt_set
-
         world = WorldConfig.from_dict(profile.get("world", {}).get("params", {}))
         return prompt_set(source.get("task", task), split, world)
-    from opd.data import load_prompt_file  # paper profile: downloaded prompt sets
 
     return load_prompt_file(source, split, profile)
 
@@ -138,9 +136,6 @@ def load_base_model(profile: dict[str, Any]) -> Any:
     """The profile's base model (``paths.base``), with its feed-forward GELU in the form
     ``model.ff_gelu`` names when set (e.g. ``exact`` for a base pretrained in SD3's tanh form:
     cheaper on x86 CPUs; see docs/PERFORMANCE.md)."""
-    from opd.models import FlowModel
-    from opd.models.base import set_ff_gelu
-
     path = profile["paths"]["base"]
     dtype = getattr(torch, profile["model"].get("dtype", "float32"))
     kwargs: dict[str, Any] = {}
@@ -166,9 +161,7 @@ def build_context(
 ) -> RunContext:
     """The run context of ``profile``: each task's prompts and reward, and ``teachers`` (task ->
     adapter folder) loaded as frozen adapters. A teacher is queried at the CFG scale it trained
-    with (:func:`~opd.training.loop.run_guidance` of ``teacher_<task>``)."""
-    from opd.training.loop import run_guidance
-
+    with (:func:`~opd.training.base.run_guidance` of ``teacher_<task>``)."""
     model = model if model is not None else load_base_model(profile)
     tasks: dict[str, TaskData] = {}
     for name, spec in profile["tasks"].items():

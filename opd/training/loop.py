@@ -40,9 +40,9 @@ from opd.training.base import (
     RunContext,
     keyed_seed,
     lora_settings,
-    train_guidance,
 )
 from opd.training.compute import ComputeCounter
+from opd.training.context import build_context
 
 METRIC_FIELDS = ["step", "stage", "task", "metric", "value"]
 METRICS_LOG = "metrics.csv"
@@ -50,13 +50,6 @@ METRICS_LOG = "metrics.csv"
 
 class NonFiniteError(FloatingPointError):
     """A NaN or Inf in a loss, reward or gradient; the message names the step and component."""
-
-
-def run_guidance(profile: dict[str, Any], run: str) -> float:
-    """The CFG scale run ``run`` trains with, resolved as its training does (a teacher without
-    ``guidance``: its method's default, e.g. NFT's 1.0, else the profile's sampling guidance)."""
-    _, cfg, _ = resolve_method(profile, run)
-    return train_guidance(cfg, profile)
 
 
 class EMA:
@@ -223,8 +216,6 @@ def train_run(
     into ``stale-<old hash>/`` and start over: what the workflow does when an edited config makes
     Snakemake rerun the job). Returns ``out_dir``.
     """
-    from opd.training.context import build_context
-
     out_dir = Path(out_dir)
     cls, cfg, section = resolve_method(profile, run)  # an unknown run leaves no folder behind
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from opd.config import config_hash
+from opd.models.base import images_to_unit
+from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
 from opd.training.base import keyed_seed
+from opd.worlds.mini import TASKS, WorldConfig, all_prompts, build_corpus
 
 _TOKEN = re.compile(r"[A-Z0-9]|[a-z]+|[^\sA-Za-z0-9]")
 
@@ -39,8 +43,6 @@ def tokenize_words(text: str) -> list[str]:
 
 def world_vocabulary(world: Any, captions: list[str]) -> list[str]:
     """Every token of the captions and of every task's prompt sets, sorted."""
-    from opd.worlds.mini import TASKS, all_prompts
-
     words: set[str] = set()
     texts = list(captions)
     for task in TASKS:  # every split's prompts, validation included
@@ -87,8 +89,6 @@ def maybe_compile(module: torch.nn.Module, wanted: bool) -> bool:
 
 def _state_key(profile: dict[str, Any]) -> str:
     """What a saved pretraining state must agree on with the config that resumes it."""
-    from opd.config import config_hash
-
     base = {k: v for k, v in profile["base"].items() if k != "split"}
     return config_hash({"base": base, "world": profile["world"], "model": profile["model"]})
 
@@ -113,10 +113,6 @@ def pretrain_base(
     With ``stop_at``, stop after that many steps and save the state to ``state`` instead of the
     model; without it, resume from ``state`` when that file exists.
     """
-    from opd.models.base import images_to_unit
-    from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
-    from opd.worlds.mini import WorldConfig, build_corpus
-
     t_start = time.perf_counter()
     base = profile["base"]
     seed = int(base.get("seed", 0))

@@ -21,6 +21,14 @@ def test_shipped_manifest_matches_the_registries():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_paper_scorers_are_table_1s():
+    """The manifest marks a scorer as the paper's by the package that defines it."""
+    from opd.rewards.paper import PAPER_SCORERS
+
+    marked = {n for n, entry in manifest.load()["scorers"].items() if entry["paper"]}
+    assert marked == set(PAPER_SCORERS)
+
+
 def test_every_method_config_is_the_registered_one():
     from opd.registry import METHODS
 

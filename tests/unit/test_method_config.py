@@ -49,8 +49,8 @@ def test_a_teacher_is_distilled_at_the_guidance_it_trained_with(monkeypatch) -> 
     teacher at NFT's own 1.0; the distillation context queries each at that scale (it used to
     read 1.0 for any teacher without the key). An explicit value wins."""
     from opd.training import context
+    from opd.training.base import run_guidance
     from opd.training.compute import ComputeCounter
-    from opd.training.loop import run_guidance
 
     cfg = load_config("mini")
     cfg["sampling"]["guidance"] = 3.25  # neither 1.0 nor the teachers' written 4.5

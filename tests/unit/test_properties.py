@@ -211,9 +211,11 @@ def test_a_teacher_that_did_not_gain_keeps_the_number_and_says_so():
 def test_written_with_the_ceilings_file_and_the_recovery_figure(tmp_path):
     (tmp_path / "prompt_ceilings.json").write_text('{"m1": {"ceiling": 0.6}}')
     students = [(0, {"m1": 0.66}), (1, {"m1": 0.60})]
-    t = write_property_checks(
-        _metrics(students), CFG, tmp_path / "prompt_ceilings.json", tmp_path, tmp_path / "fig"
-    )
+    from opd.analysis.plots import write_recovery_figure
+
+    metrics = _metrics(students)
+    t = write_property_checks(metrics, CFG, tmp_path / "prompt_ceilings.json", tmp_path)
+    write_recovery_figure(metrics, CFG, tmp_path / "prompt_ceilings.json", tmp_path / "fig")
     assert (tmp_path / "properties.csv").exists() and (tmp_path / "properties.md").exists()
     a = t[(t["property"] == "3") & (t["task"] == "a")].iloc[0]  # the file's ceiling: 0.5 / 0.4
     assert a["value"] == pytest.approx(1.0, abs=1e-4)  # capped at 1 (uncapped 1.25)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from opd.registry import SCORERS
+from opd.rewards.paper.service import backend_scorer
 from opd.rewards.paper.weights import DEFAULT_CACHE, load_torch_weights, unwrap_state_dict
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -329,8 +330,6 @@ class HPSv21:
 
 
 def _backend(name: str, backend: str, local: Any, options: dict[str, Any], url: str | None = None):
-    from opd.rewards.paper.service import backend_scorer
-
     return backend_scorer(name, backend, local, options, default_url=url)
 
 

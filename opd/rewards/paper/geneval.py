@@ -422,7 +422,7 @@ class Mask2FormerDetector:
 
 def _verify_standalone(path: str, sha256: str | None, allow_unpinned: bool) -> None:
     try:
-        from opd.rewards.paper.weights import verify
+        from opd.rewards.paper.weights import verify  # deferred: standalone copy lacks opd
     except ImportError:  # pragma: no cover - standalone: a local check
         import hashlib
 

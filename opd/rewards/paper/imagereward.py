@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from opd.registry import SCORERS
+from opd.rewards.paper.service import backend_scorer
 from opd.rewards.paper.weights import DEFAULT_CACHE, load_torch_weights, resolve_file
 
 CHECKPOINT = "hf://THUDM/ImageReward/ImageReward.pt"
@@ -105,8 +106,6 @@ class ImageRewardScorer:
 @SCORERS.register("imagereward")
 def make_imagereward(backend: str = "http", **options: Any) -> Any:
     """``imagereward``: a client of the scorers-image service by default, or in-process."""
-    from opd.rewards.paper.service import backend_scorer
-
     return backend_scorer(
         "imagereward", backend, ImageRewardScorer, options, default_url="http://127.0.0.1:18088"
     )

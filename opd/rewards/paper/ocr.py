@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from opd.registry import SCORERS
+from opd.rewards.paper.service import backend_scorer
 from opd.rewards.text import levenshtein
 
 
@@ -130,6 +131,4 @@ class OCRScorer:
 @SCORERS.register("ocr")
 def make_ocr(backend: str = "local", **options: Any) -> Any:
     """The ``ocr`` scorer (local RapidOCR; ``backend: http|subprocess`` for a remote one)."""
-    from opd.rewards.paper.service import backend_scorer
-
     return backend_scorer("ocr", backend, OCRScorer, options)

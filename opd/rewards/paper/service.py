@@ -555,7 +555,7 @@ def serve_stdio(scorer: Scorer, stdin: Any = None, stdout: Any = None) -> None:
 # command line: serve a registered scorer's local backend
 # --------------------------------------------------------------------------------------------
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    from opd.config import load_yaml
+    from opd.config import load_yaml  # deferred: standalone copy lacks opd
 
     out: dict[str, Any] = {}
     for item in items:
@@ -568,7 +568,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def build_local_scorer(name: str, options: dict[str, Any]) -> Scorer:
     """The local backend of registered scorer ``name`` (what a service runs)."""
-    from opd.rewards import get_scorer
+    from opd.rewards import get_scorer  # deferred: standalone copy lacks opd
 
     return get_scorer(name, **{**options, "backend": "local"})
 
@@ -593,7 +593,7 @@ def check_scorer(
     served model for an OpenAI-compatible judge. An in-process scorer scores one blank image,
     which downloads its weights and checks their pinned digests.
     """
-    from opd.rewards import get_scorer
+    from opd.rewards import get_scorer  # deferred: standalone copy lacks opd
 
     scorer = get_scorer(name, **options)
     retry = Retrying(retries, backoff)
@@ -666,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     k.add_argument("--backoff", type=float, default=2.0)
     args = p.parse_args(argv)
     if args.cmd == "check":
-        from opd.config import load_yaml
+        from opd.config import load_yaml  # deferred: standalone copy lacks opd
 
         # the importable module's classes (under `python -m` this one is __main__, whose
         # classes are not those the scorer factories build)
@@ -687,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report), flush=True)
         return 0
     if args.cmd == "checksum":
-        from opd.rewards.paper.weights import sha256_file
+        from opd.rewards.paper.weights import sha256_file  # deferred: standalone copy lacks opd
 
         print(sha256_file(args.file))
         return 0
