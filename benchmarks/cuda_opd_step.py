@@ -431,7 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def suite() -> None:  # one optimizer step's gradients, as the shared loop calls it
         opt.zero_grad(set_to_none=True)
-        state["logs"] = method.step(state["it"])
+        with model.counting(ctx.compute):
+            state["logs"] = method.step(state["it"])
         state["it"] += 1
 
     def floor() -> None:

@@ -356,9 +356,10 @@ def measure_step(
         for p in params:
             p.grad = None
 
-    def real() -> None:
-        for it in iterations:
-            m.step(it)
+    def real() -> None:  # as the shared loop runs a step: every model call counted
+        with ctx.model.counting(ctx.compute):
+            for it in iterations:
+                m.step(it)
 
     clear()
     evals0, samples0 = ctx.compute.model_evals, ctx.compute.samples

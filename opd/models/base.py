@@ -244,6 +244,7 @@ class FlowModel(nn.Module):
         self._trainable: str | None = None  # adapter name, BASE (full weights) or None
         self._empty: PromptEmbeds | None = None
         self._tuner_cache: list[nn.Module] | None = None
+        self.counter: Any = None  # a ComputeCounter inside `counting`: every call counted
         self.transformer.requires_grad_(False)
         if self.vae is not None:
             self.vae.requires_grad_(False)
@@ -339,7 +340,22 @@ class FlowModel(nn.Module):
             timestep=(t * 1000.0).to(dtype),
             return_dict=False,
         )[0]
+        if self.counter is not None:  # a CFG call's rows are both halves of its batch
+            self.counter.forward(x.shape[0], grad=out.requires_grad)
         return out.to(x.dtype)
+
+    @contextlib.contextmanager
+    def counting(self, counter: Any) -> Iterator[None]:
+        """Count every transformer call inside the block on ``counter`` (a
+        :class:`~opd.training.compute.ComputeCounter`): one model evaluation per row of the
+        batch (a CFG call's unconditional and conditional halves both count) and two more per
+        row whose output carries a gradient (its backward). The training loop counts each
+        optimizer step this way, so a method's compute is counted where the model runs."""
+        previous, self.counter = self.counter, counter
+        try:
+            yield
+        finally:
+            self.counter = previous
 
     def velocity(
         self,

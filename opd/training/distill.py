@@ -43,7 +43,7 @@ class DiffusionOPD(Method):
         return obj.opd_loss(out_s.mean, mean_t, std if self.cfg.noise_level > 0 else None)
 
     def step(self, iteration: int) -> dict[str, float]:
-        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        cfg, model = self.cfg, self.model
         a = cfg.noise_level
         sampler = sampler_for(a)
         logs: dict[str, float] = {}
@@ -90,10 +90,8 @@ class DiffusionOPD(Method):
                 with torch.no_grad():
                     v_t = teacher_v(x, t)
                     out_t = sde_step(x, v_t, t, t_next, a, prev_sample=x_next)
-                compute.forward(c * n, g_t)
                 v_s = student_v(x, t)
                 out_s = sde_step(x, v_s, t, t_next, a, prev_sample=x_next)
-                compute.forward(c * n, self.guidance, grad=True)
                 loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)
                 # each step's batch mean, as one call per step weighs it, then summed
                 loss = loss.reshape(c, n).mean(1).sum() / len(self.task_names)
@@ -144,7 +142,7 @@ class SFTDistill(Method):
         DiffusionOPD.setup(self)  # type: ignore[arg-type]
 
     def step(self, iteration: int) -> dict[str, float]:
-        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        cfg, model = self.cfg, self.model
         logs: dict[str, float] = {}
         for task in self.task_names:
             teacher = self.ctx.teachers[task]
@@ -167,7 +165,6 @@ class SFTDistill(Method):
                 t = torch.as_tensor(rng.uniform(0.0, 1.0, size=n), dtype=torch.float32)
                 xt, eps, _tb = forward_noising(self, x0, t, iteration, task, "sft_eps", k)
                 v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
-                compute.forward(n, 1.0, grad=True)
                 loss = ((v - (eps - x0)) ** 2).flatten(1).mean(1).mean()
                 loss = loss / (cfg.noisings * len(self.task_names))
                 loss.backward()

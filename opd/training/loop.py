@@ -1,12 +1,13 @@
 """The one shared training loop: student adapter, optimizer, EMA, checkpoints, logs, resume.
 
-``train_run`` builds the run context (base model, tasks, rewards, frozen teachers as named
-adapters), instantiates the registered method, resumes from the last complete checkpoint if
-there is one (refusing a checkpoint written under another config unless asked), and then runs
-optimizer steps with a progress bar. Every ``checkpoint_every`` steps and at the end it writes
-an atomic checkpoint with the student, EMA and optimizer state, the method's extra state and the
-compute counters, and appends the step metrics to ``metrics.csv`` (rows past the resumed step are
-dropped first, so a resumed run's log equals an uninterrupted one's).
+``train_run`` runs a :class:`Trainer`: it builds the run context (base model, tasks, rewards,
+frozen teachers as named adapters), instantiates the registered method, resumes from the last
+complete checkpoint if there is one (refusing a checkpoint written under another config unless
+asked), and then runs optimizer steps with a progress bar. Every ``checkpoint_every`` steps and
+at the end it writes an atomic checkpoint with the student, EMA and optimizer state, the
+method's extra state and the compute counters, and appends the step metrics to ``metrics.csv``
+(rows past the resumed step are dropped first, so a resumed run's log equals an uninterrupted
+one's).
 
 Integrity: each checkpoint's manifest also records the size and SHA-256 of ``metrics.csv`` as it
 stood when the checkpoint was written; on resume the log must still start with exactly those
@@ -195,6 +196,247 @@ def _set_aside(out_dir: Path, old_hash: str) -> None:
     print(f"[opd] {out_dir}: the configuration changed; earlier outputs moved to {stale}")
 
 
+class Trainer:
+    """One training run, its parts named: :meth:`resume` (from the last complete checkpoint),
+    :meth:`step` (one optimizer step), :meth:`log`, :meth:`checkpoint` and :meth:`finish` (the
+    final EMA adapter and ``DONE``); :meth:`run` strings them together. Arguments as
+    :func:`train_run`'s."""
+
+    def __init__(
+        self,
+        profile: dict[str, Any],
+        run: str,
+        seed: int,
+        out_dir: Path,
+        teachers: dict[str, Path] | None = None,
+        *,
+        progress: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.run_name, self.seed, self.progress = run, seed, progress
+        cls, cfg, section = resolve_method(profile, run)  # an unknown run leaves no folder
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.profile, self.cfg, self.section = profile, cfg, section
+        self.compute = ComputeCounter()
+        rank, world_size = init_distributed()  # first: it picks this process's GPU
+        ctx: RunContext = build_context(
+            profile, seed, self.compute, teachers or {}, reward_control=cfg.reward_control
+        )
+        ctx.rank, ctx.world_size = rank, world_size
+        self.ctx, self.is_main = ctx, ctx.rank == 0
+        torch.manual_seed(keyed_seed(seed, run, "init"))
+        self.method = cls(ctx, cfg)
+        self.model = model = ctx.model
+        if cls.trainable is not None:
+            model.add_adapter(STUDENT, **lora_settings(cfg, profile))
+            model.set_trainable(STUDENT)
+        self.method.setup()
+        self.chash = run_config_hash(profile, section, seed)
+        self.has_student = STUDENT in model.adapter_names()
+        self.params = _named_trainable(model, STUDENT) if self.has_student else {}
+        self.opt = (
+            torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            if self.params and cls.trainable
+            else None
+        )
+        self.ema = EMA(self.params, cfg.ema_decay, cfg.ema_every)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / METRICS_LOG
+        self.extra_checkpoints = self.method.checkpoint_steps()
+
+    # ---------------------------------------------------------------- resume
+    def resume(
+        self, allow_config_change: bool = False, restart_on_config_change: bool = False
+    ) -> int:
+        """Load the last complete checkpoint, if any, and return the step to continue from;
+        a fresh run writes its step-0 checkpoint. ``run.json`` is (re)written either way."""
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
+        if latest is not None:
+            try:
+                tensors, manifest = ckpt.load_checkpoint(latest)
+            except ckpt.CheckpointError as err:  # never a silent fresh start
+                raise ckpt.CheckpointError(
+                    f"cannot resume {self.run_name}/seed{self.seed}: {err}. Nothing was "
+                    f"overwritten; remove {latest} to resume from the checkpoint before it, or "
+                    f"{self.out_dir} to start over"
+                ) from None
+            if manifest.get("config_hash") != self.chash and restart_on_config_change:
+                _set_aside(self.out_dir, str(manifest.get("config_hash")))
+                latest = None
+            elif manifest.get("config_hash") != self.chash and not allow_config_change:
+                raise ckpt.CheckpointError(
+                    f"{latest} was written under another configuration "
+                    f"(hash {manifest.get('config_hash')} != {self.chash}); pass "
+                    "--allow-config-change to resume anyway, or remove the run folder"
+                )
+        start = 0
+        if latest is not None:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(tensors["student"][k])
+                for k in self.ema.shadow:
+                    self.ema.shadow[k].copy_(tensors["ema"][k])
+            if self.opt is not None:
+                ckpt.optimizer_from_tensors(
+                    self.opt, tensors.get("optimizer", {}), manifest["optimizer"]
+                )
+            self.method.load_extra_state(tensors.get("extra", {}))
+            self.compute = self.ctx.compute = ComputeCounter.from_dict(manifest["compute"])
+            start = int(manifest["step"])
+            if self.is_main:
+                _restore_log(self.metrics_path, manifest, latest)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        if self.is_main:
+            _write_run_info(
+                self.out_dir, self.profile, self.run_name, self.section, self.seed, self.chash
+            )
+        if latest is None:
+            self.checkpoint(0)  # the initial student: evaluations start from it
+        return start
+
+    # ---------------------------------------------------------------- one step
+    def step(self, it: int) -> dict[str, float]:
+        """One optimizer step (0-based ``it``): the method's gradients, every model call
+        counted, checks for NaN / Inf, clipping, the update, EMA; returns the step's logs."""
+        compute, opt, params = self.compute, self.opt, self.params
+        compute.start()
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        try:
+            with self.model.counting(compute):  # every model call of the step, where it is made
+                logs = self.method.step(it)
+            maybe_fail("train.step", it + 1)
+            if self.ctx.world_size > 1 and params:
+                _all_reduce_mean([p.grad for p in params.values()], self.ctx.world_size)
+            for key, value in logs.items():
+                _check_finite(key, float(value), it + 1)
+            if opt is not None:
+                clip = torch.nn.utils.clip_grad_norm_(list(params.values()), self.cfg.grad_clip)
+                grad_norm = float(clip)
+                _check_finite("grad_norm", grad_norm, it + 1)
+                logs["grad_norm"] = grad_norm
+        except FloatingPointError as err:  # a NaN / Inf loss, reward or gradient
+            last = ckpt.latest_checkpoint(self.ckpt_root)
+            raise NonFiniteError(
+                f"{self.run_name}/seed{self.seed}: {err}; stopped before the update of step "
+                f"{it + 1}, the last good checkpoint is {last}"
+            ) from err
+        if opt is not None:
+            opt.step()
+            self.ema.update(params, it)
+        self.method.after_optimizer_step(it)
+        compute.stop()
+        return logs
+
+    def log(self, it: int, logs: dict[str, float]) -> None:
+        """Append step ``it``'s logs and the compute totals to ``metrics.csv``."""
+        stage = self.method.stage_of(it)
+        rows = [
+            {
+                "step": it + 1,
+                "stage": stage,
+                "task": k.split("/")[0] if "/" in k else "all",
+                "metric": k.split("/")[-1],
+                "value": f"{float(v):.6g}",
+            }
+            for k, v in logs.items()
+        ]
+        rows += [
+            {"step": it + 1, "stage": stage, "task": "all", "metric": k, "value": v}
+            for k, v in self.compute.as_dict().items()
+        ]
+        if self.is_main:
+            _append_metrics(self.metrics_path, rows)
+
+    # ---------------------------------------------------------------- files
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is written after ``step`` steps."""
+        return (
+            step % self.cfg.checkpoint_every == 0
+            or step == self.cfg.steps
+            or step in self.extra_checkpoints
+        )
+
+    def checkpoint(self, step: int) -> None:
+        """The atomic checkpoint after ``step`` steps (rank 0 writes; every process holds the
+        same weights)."""
+        if not self.is_main:
+            return
+        groups = {"student": dict(self.params), "ema": dict(self.ema.shadow)}
+        opt_meta: dict[str, Any] = {}
+        if self.opt is not None:
+            groups["optimizer"], opt_meta = ckpt.optimizer_to_tensors(self.opt)
+        extra = self.method.extra_state()
+        if extra:
+            groups["extra"] = extra
+        ckpt.save_checkpoint(
+            self.ckpt_root,
+            step,
+            groups,
+            {
+                "config_hash": self.chash,
+                "run": self.run_name,
+                "method": self.section["method"],
+                "seed": self.seed,
+                "stage": self.method.stage_of(max(step - 1, 0)),
+                "compute": self.compute.as_dict(),
+                "optimizer": opt_meta,
+                "adapter": self.model.adapter_info(STUDENT) if self.has_student else None,
+                "metrics_log": _log_record(self.metrics_path),
+            },
+        )
+
+    def finish(self, total: int) -> None:
+        """The final EMA weights as a standalone adapter (teachers are loaded so), ``DONE`` and
+        the one-line summary of a finished job."""
+        if not self.is_main:
+            return
+        if self.has_student:
+            with torch.no_grad():
+                live = {k: v.detach().clone() for k, v in self.params.items()}
+                for k, p in self.params.items():
+                    p.copy_(self.ema.shadow[k])
+                self.model.save_adapter(STUDENT, self.out_dir / "final")
+                for k, p in self.params.items():
+                    p.copy_(live[k])
+        (self.out_dir / "DONE").write_text(json.dumps(self.compute.as_dict()) + "\n")
+        print(
+            f"[opd] {self.run_name}/seed{self.seed}: {total} steps, "
+            f"{self.compute.model_evals} model evals, {self.compute.wall_seconds:.1f} s"
+        )
+
+    # ---------------------------------------------------------------- all of it
+    def run(
+        self,
+        *,
+        allow_config_change: bool = False,
+        restart_on_config_change: bool = False,
+        max_steps: int | None = None,
+    ) -> Path:
+        start = self.resume(allow_config_change, restart_on_config_change)
+        steps = self.cfg.steps
+        total = steps if max_steps is None else min(steps, max_steps)
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc=f"{self.run_name}/seed{self.seed}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for it in range(start, total):
+            logs = self.step(it)
+            self.log(it, logs)
+            bar.update(1)
+            bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(logs.items())[:3]})
+            if self.due(it + 1):
+                self.checkpoint(it + 1)
+        bar.close()
+        if total == steps:
+            self.finish(total)
+        return self.out_dir
+
+
 def train_run(
     profile: dict[str, Any],
     run: str,
@@ -216,171 +458,12 @@ def train_run(
     into ``stale-<old hash>/`` and start over: what the workflow does when an edited config makes
     Snakemake rerun the job). Returns ``out_dir``.
     """
-    out_dir = Path(out_dir)
-    cls, cfg, section = resolve_method(profile, run)  # an unknown run leaves no folder behind
-    out_dir.mkdir(parents=True, exist_ok=True)
-    compute = ComputeCounter()
-    rank, world_size = init_distributed()  # first: it picks this process's GPU
-    ctx: RunContext = build_context(
-        profile, seed, compute, teachers or {}, reward_control=cfg.reward_control
+    trainer = Trainer(profile, run, seed, out_dir, teachers, progress=progress)
+    return trainer.run(
+        allow_config_change=allow_config_change,
+        restart_on_config_change=restart_on_config_change,
+        max_steps=max_steps,
     )
-    ctx.rank, ctx.world_size = rank, world_size
-    is_main = ctx.rank == 0
-    torch.manual_seed(keyed_seed(seed, run, "init"))
-    method = cls(ctx, cfg)
-    model = ctx.model
-    if cls.trainable is not None:
-        model.add_adapter(STUDENT, **lora_settings(cfg, profile))
-        model.set_trainable(STUDENT)
-    method.setup()
-    chash = run_config_hash(profile, section, seed)
-    has_student = STUDENT in model.adapter_names()
-    params = _named_trainable(model, STUDENT) if has_student else {}
-    opt = (
-        torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if params and cls.trainable
-        else None
-    )
-    ema = EMA(params, cfg.ema_decay, cfg.ema_every)
-    ckpt_root = out_dir / "checkpoints"
-    metrics_path = out_dir / METRICS_LOG
-    start = 0
-    latest = ckpt.latest_checkpoint(ckpt_root)
-    if latest is not None:
-        try:
-            tensors, manifest = ckpt.load_checkpoint(latest)
-        except ckpt.CheckpointError as err:  # never a silent fresh start
-            raise ckpt.CheckpointError(
-                f"cannot resume {run}/seed{seed}: {err}. Nothing was overwritten; remove "
-                f"{latest} to resume from the checkpoint before it, or {out_dir} to start over"
-            ) from None
-        if manifest.get("config_hash") != chash and restart_on_config_change:
-            _set_aside(out_dir, str(manifest.get("config_hash")))
-            latest = None
-        elif manifest.get("config_hash") != chash and not allow_config_change:
-            raise ckpt.CheckpointError(
-                f"{latest} was written under another configuration "
-                f"(hash {manifest.get('config_hash')} != {chash}); pass "
-                "--allow-config-change to resume anyway, or remove the run folder"
-            )
-    if latest is not None:
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(tensors["student"][k])
-            for k in ema.shadow:
-                ema.shadow[k].copy_(tensors["ema"][k])
-        if opt is not None:
-            ckpt.optimizer_from_tensors(opt, tensors.get("optimizer", {}), manifest["optimizer"])
-        method.load_extra_state(tensors.get("extra", {}))
-        compute = ComputeCounter.from_dict(manifest["compute"])
-        ctx.compute = compute
-        start = int(manifest["step"])
-        if is_main:
-            _restore_log(metrics_path, manifest, latest)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    if is_main:
-        _write_run_info(out_dir, profile, run, section, seed, chash)
-    total = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
-
-    def save(step: int) -> None:
-        if not is_main:  # one writer; every process holds the same weights
-            return
-        groups = {"student": dict(params), "ema": dict(ema.shadow)}
-        opt_meta: dict[str, Any] = {}
-        if opt is not None:
-            groups["optimizer"], opt_meta = ckpt.optimizer_to_tensors(opt)
-        extra = method.extra_state()
-        if extra:
-            groups["extra"] = extra
-        ckpt.save_checkpoint(
-            ckpt_root,
-            step,
-            groups,
-            {
-                "config_hash": chash,
-                "run": run,
-                "method": section["method"],
-                "seed": seed,
-                "stage": method.stage_of(max(step - 1, 0)),
-                "compute": compute.as_dict(),
-                "optimizer": opt_meta,
-                "adapter": model.adapter_info(STUDENT) if has_student else None,
-                "metrics_log": _log_record(metrics_path),
-            },
-        )
-
-    extra_checkpoints = method.checkpoint_steps()
-    if start == 0 and latest is None:
-        save(0)  # the initial student: evaluations start from it
-    bar = tqdm(
-        total=total, initial=start, desc=f"{run}/seed{seed}", disable=not progress, leave=False
-    )
-    for it in range(start, total):
-        compute.start()
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-        try:
-            logs = method.step(it)
-            maybe_fail("train.step", it + 1)
-            if ctx.world_size > 1 and params:
-                _all_reduce_mean([p.grad for p in params.values()], ctx.world_size)
-            for key, value in logs.items():
-                _check_finite(key, float(value), it + 1)
-            if opt is not None:
-                clip = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-                grad_norm = float(clip)
-                _check_finite("grad_norm", grad_norm, it + 1)
-                logs["grad_norm"] = grad_norm
-        except FloatingPointError as err:  # a NaN / Inf loss, reward or gradient
-            last = ckpt.latest_checkpoint(ckpt_root)
-            raise NonFiniteError(
-                f"{run}/seed{seed}: {err}; stopped before the update of step {it + 1}, the "
-                f"last good checkpoint is {last}"
-            ) from err
-        if opt is not None:
-            opt.step()
-            ema.update(params, it)
-        method.after_optimizer_step(it)
-        compute.stop()
-        stage = method.stage_of(it)
-        rows = [
-            {
-                "step": it + 1,
-                "stage": stage,
-                "task": k.split("/")[0] if "/" in k else "all",
-                "metric": k.split("/")[-1],
-                "value": f"{float(v):.6g}",
-            }
-            for k, v in logs.items()
-        ]
-        rows += [
-            {"step": it + 1, "stage": stage, "task": "all", "metric": k, "value": v}
-            for k, v in compute.as_dict().items()
-        ]
-        if is_main:
-            _append_metrics(metrics_path, rows)
-        bar.update(1)
-        bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(logs.items())[:3]})
-        step = it + 1
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in extra_checkpoints:
-            save(step)
-    bar.close()
-    if total == cfg.steps and is_main:
-        if has_student:  # the final EMA weights as a standalone adapter (teachers are loaded so)
-            with torch.no_grad():
-                live = {k: v.detach().clone() for k, v in params.items()}
-                for k, p in params.items():
-                    p.copy_(ema.shadow[k])
-                model.save_adapter(STUDENT, out_dir / "final")
-                for k, p in params.items():
-                    p.copy_(live[k])
-        (out_dir / "DONE").write_text(json.dumps(compute.as_dict()) + "\n")
-        print(  # the one-line summary of a finished job
-            f"[opd] {run}/seed{seed}: {total} steps, {compute.model_evals} model evals, "
-            f"{compute.wall_seconds:.1f} s"
-        )
-    return out_dir
 
 
 def run_config_hash(profile: dict[str, Any], section: dict[str, Any], seed: int) -> str:

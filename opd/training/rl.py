@@ -128,7 +128,7 @@ class FlowGRPO(_RLMethod):
 
     def step(self, iteration: int) -> dict[str, float]:
         cfg = self.cfg
-        model, compute = self.model, self.ctx.compute
+        model = self.model
         logs: dict[str, float] = {}
         tasks = self.tasks_of(iteration)
         sampler = sampler_for(cfg.noise_level)
@@ -136,7 +136,7 @@ class FlowGRPO(_RLMethod):
             batch = self.reward_batch(task, iteration, sampler, self.guidance, STUDENT)
             adv = self.advantages(batch)
             kept, divisor = self.kept(batch)
-            traj, grid, n = batch.traj, batch.grid, len(batch.prompts)
+            traj, grid = batch.traj, batch.grid
             times = grid.tolist()
             student_v = model.velocity_fn(
                 batch.embeds, guidance_scale=self.guidance, adapter=STUDENT
@@ -163,14 +163,12 @@ class FlowGRPO(_RLMethod):
                     with torch.no_grad():
                         v_ref = ref_v(x, t)
                         mean_ref = sde_step(x, v_ref, t, t_next, cfg.noise_level).mean
-                    compute.forward(n, self.guidance)
                     sigma_t = out.std / (t - t_next) ** 0.5
                     kl = ((out.mean - mean_ref) ** 2).flatten(1).mean(1) / (2 * sigma_t**2)
                     loss = loss + cfg.beta * kl
                     kl_total += float(kl.detach().mean())
                 loss = kept_mean(loss, kept, divisor) / (len(trained) * len(tasks))
                 loss.backward()
-                compute.forward(n, self.guidance, grad=True)
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
@@ -198,7 +196,7 @@ class DiffusionNFT(_RLMethod):
         self.model.set_trainable(STUDENT)
 
     def step(self, iteration: int) -> dict[str, float]:
-        cfg, model, compute = self.cfg, self.model, self.ctx.compute
+        cfg, model = self.cfg, self.model
         b = cfg.beta_mix
         logs: dict[str, float] = {}
         tasks = self.tasks_of(iteration)
@@ -233,8 +231,6 @@ class DiffusionNFT(_RLMethod):
                 with torch.no_grad():
                     v_old = model.velocity(xt, t, embeds, guidance_scale=1.0, adapter=self.OLD)
                     v_ref = model.velocity(xt, t, embeds, guidance_scale=1.0, adapter=None)
-                compute.forward(c * n, 1.0, grad=True)
-                compute.forward(2 * c * n, 1.0)
                 v_pos = (1 - b) * v_old + b * v
                 v_neg = (1 + b) * v_old - b * v
                 x0c = x0.repeat(c, *([1] * (x0.dim() - 1)))

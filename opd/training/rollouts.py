@@ -92,7 +92,6 @@ def roll(
             device=model.device,
             final_sampler=method.final_sampler,
         )
-    ctx.compute.forward(n * steps, guidance)
     ctx.compute.samples += n
     batch = Batch(task, prompts, metadata, groups, embeds, traj, grid)
     if score or decode:
