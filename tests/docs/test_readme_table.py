@@ -1,0 +1,36 @@
+"""The README's Table 1 is the reference run's (``benchmarks/reference/mini/table1.csv``), as
+``benchmarks/readme_table.py`` renders it: replacing the reference without rewriting the README's
+block fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("readme_table", REPO / "benchmarks/readme_table.py")
+assert spec and spec.loader
+readme_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readme_table)
+
+
+def test_the_readme_shows_the_reference_table_1() -> None:
+    block = readme_table.readme_block((REPO / "README.md").read_text(encoding="utf-8"))
+    assert block == readme_table.render(readme_table.REFERENCE)
+
+
+def test_every_table_1_row_and_value_of_the_reference_is_in_the_block() -> None:
+    frame = pd.read_csv(readme_table.REFERENCE)
+    lines = readme_table.render(readme_table.REFERENCE).splitlines()[2:]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines] == list(frame["row"])
+    opd = next(line for line in lines if line.startswith("| opd |"))
+    row = frame.set_index("row").loc["opd"]
+    assert f"{row['compose_mean']:.3f} ± {row['compose_std']:.3f}" in opd
+
+
+def test_the_readme_embeds_the_reference_figure() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "](benchmarks/reference/mini/recovery.png)" in text
+    assert (REPO / "benchmarks/reference/mini/recovery.png").stat().st_size > 10_000
