@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from opd.models.base import FlowModel, PromptEmbeds, PromptEncoder  # noqa: E402
+from opd.models.base import FlowModel  # noqa: E402
+from opd.models.prompts import PromptEmbeds, PromptEncoder  # noqa: E402
 from opd.training.base import RunContext, TaskData  # noqa: E402
 from opd.training.compute import ComputeCounter  # noqa: E402
 from opd.training.distill import DiffusionOPD, OPDConfig  # noqa: E402

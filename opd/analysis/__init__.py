@@ -1,6 +1,7 @@
 """Analyses: the measured gradient variance of the OPD estimators and per-task retention.
 
-Gradient variance (:mod:`opd.analysis.variance`):
+Gradient variance (:mod:`opd.analysis.variance`, its statistics in
+:mod:`opd.analysis.gradient_stats`):
 
 - :func:`gradient_stats` / :func:`estimate_gradient_stats`: model-agnostic statistics of a
   stochastic gradient estimator from independent draws (trace of the covariance of a batch-B

@@ -1,19 +1,16 @@
 """Model interface, tiny builders, the SD3.5 loader and LoRA adapter helpers.
 
 `FlowModel` (in `opd.models.base`) is what the sampler, the trainers and the evaluation see: prompt
-embeddings, velocities with batched CFG, decode / encode, and named LoRA adapters on one backbone.
+embeddings, velocities with batched CFG, decode / encode, and named LoRA adapters on one backbone;
+`opd.models.prompts` holds the prompt encoders and their `PromptEmbeds`.
 `opd.models.tiny` builds the mini world's model and a tiny random SD3 pipeline locally;
 `opd.models.sd3` loads SD3.5-Medium through diffusers; `opd.models.lora` holds the adapter helpers
 (switching without peft's requires_grad side effects, peft-format files, exact LoRA merging).
 """
 
-from opd.models.base import (
-    ClipPromptEncoder,
-    FlowModel,
-    PromptEmbeds,
-    PromptEncoder,
-)
+from opd.models.base import FlowModel
 from opd.models.lora import BASE, DEFAULT_TARGETS, load_lora_from_dir, make_lora_config
+from opd.models.prompts import ClipPromptEncoder, PromptEmbeds, PromptEncoder
 from opd.models.sd3 import SD35_MEDIUM, SD3PromptEncoder, load_sd3
 from opd.models.tiny import (
     TinyModelConfig,

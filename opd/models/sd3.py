@@ -20,15 +20,8 @@ from typing import Any
 
 import torch
 
-from opd.models.base import (
-    LATENT_FORMATS,
-    FlowModel,
-    LatentFormat,
-    PromptEmbeds,
-    PromptEncoder,
-    save_transformer,
-    warn_truncated,
-)
+from opd.models.base import LATENT_FORMATS, FlowModel, LatentFormat, save_transformer
+from opd.models.prompts import PromptEmbeds, PromptEncoder, warn_truncated
 
 SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
 SD3_CONFIG_NAME = "opd_sd3.json"

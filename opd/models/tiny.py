@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from opd.models.base import FF_GELU, ClipPromptEncoder, FlowModel, set_ff_gelu
+from opd.models.base import FF_GELU, FlowModel, set_ff_gelu
+from opd.models.prompts import ClipPromptEncoder
 from opd.models.sd3 import SD3_CONFIG_NAME
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"

@@ -61,7 +61,8 @@ def test_analytic_flops_match_flop_counter_at_full_size() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from opd.models.base import FlowModel, PromptEncoder
+    from opd.models.base import FlowModel
+    from opd.models.prompts import PromptEncoder
 
     bench = _bench()
     cfg = bench.SD35_MEDIUM

@@ -30,7 +30,7 @@ HEAVY = frozenset(
 # layers below. The first pattern that matches a module decides its layer.
 LAYERS: tuple[tuple[str, str], ...] = (
     ("core", r"opd|opd\.(registry|config|manifest|faults|training\.options)|baselines\._configs"),
-    ("foundations", r"opd\.(sampling|data|models(\..+)?|worlds(\..+)?)"),
+    ("foundations", r"opd\.(sampling(\..+)?|data|models(\..+)?|worlds(\..+)?)"),
     ("scoring", r"opd\.(objectives|rewards(\..+)?)"),
     ("training", r"opd\.(training(\..+)?|evaluation|validation)"),
     ("analysis", r"opd\.(analysis|reporting)(\..+)?"),

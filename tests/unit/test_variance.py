@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from opd.analysis import variance as V
+from opd.analysis.gradient_stats import flat_grad
 
 F64 = torch.float64
 
@@ -183,7 +184,7 @@ def test_step_grads_match_autograd(tiny_model) -> None:
             out = sde_step(x[sl], v, t, tn, a)
             kw = {"reward_to_go": extra["reward_to_go"][sl], "advantages": extra["advantages"][sl]}
             loss = V.estimator_losses(out.mean, mu_t[sl], out.std, x_next[sl], [name], **kw)
-            ref = V.flat_grad(loss[name].sum(), params).double()
+            ref = flat_grad(loss[name].sum(), params).double()
             torch.testing.assert_close(grads[name][r], ref, rtol=1e-4, atol=1e-6 * ref.norm())
     assert all(p.grad is None for p in params)  # nothing accumulated into .grad
     m.set_trainable(None)
