@@ -188,6 +188,7 @@ MALFORMED = {  # a --config entry or the content of a --configfile, and the key 
     "unknown method": ("methods={nosuch: {}}", "methods.nosuch"),
     "wrong type": ("seeds=abc", "seeds"),
     "negative steps": ("methods={opd: {steps: -1}}", "methods.opd.steps"),
+    "unknown method option": ("methods={opd: {stepz: 3}}", "methods.opd: unknown key(s) stepz"),
     "missing key": ("benchmarks={extra: {task: text}}", "benchmarks.extra"),
     "file: negative steps": ({"methods": {"opd": {"steps": -3}}}, "methods.opd.steps"),
     "file: wrong type": ({"eval": {"num_steps": "ten"}}, "eval.num_steps"),
