@@ -197,7 +197,20 @@ MALFORMED = {  # a --config entry or the content of a --configfile, and the key 
         {"tasks": {"text": {"teacher": {"method": "nosuch"}}}},
         "tasks.text.teacher.method",
     ),
-}
+    "file: published adapter without a revision": (
+        {"released": {"base": {"hub": "o/base", "revision": "main"}, "adapters": [
+            {"name": "x", "hub": "o/x", "subfolder": None, "guidance": 4.5, "reported": None}
+        ]}},
+        "released.adapters.0: 'revision' is a required property",
+    ),
+    "file: published adapter reporting an unknown benchmark": (
+        {"released": {"base": {"hub": "o/base", "revision": "main"}, "adapters": [
+            {"name": "x", "hub": "o/x", "subfolder": None, "revision": "main", "guidance": 4.5,
+             "reported": {"source": "a paper", "protocol": {}, "values": {"geneva": 0.9}}}
+        ]}},
+        "released.adapters[0].reported.values.geneva: not a benchmark",
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
