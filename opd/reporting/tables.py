@@ -313,7 +313,8 @@ def make_tables(
 # Formatting.
 
 
-def _decimals(values: Iterable[float]) -> int:
+def decimals_for(values: Iterable[float]) -> int:
+    """Decimals to print a column with: 1 from 100 up, 2 from 10, else 3."""
     finite = [abs(v) for v in values if isinstance(v, float | int) and math.isfinite(v)]
     top = max(finite, default=0.0)
     return 1 if top >= 100 else 2 if top >= 10 else 3
@@ -346,7 +347,7 @@ def display_frame(table: Table) -> pd.DataFrame:
     df = table.data
     out = pd.DataFrame({"model": df["row"]})
     for col in table.columns:
-        d = _decimals(df[f"{col}_mean"].tolist())
+        d = decimals_for(df[f"{col}_mean"].tolist())
         pairs = zip(df[f"{col}_mean"], df[f"{col}_std"], strict=True)
         out[table.labels[col]] = [format_mean_std(m, s, d) for m, s in pairs]
     pairs = zip(df["average_mean"], df["average_std"], strict=True)
