@@ -99,8 +99,9 @@ def test_accelerate_configs() -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-def _peft_teacher(pipe_dir: Path, out: Path) -> Path:
-    """A LoRA saved by peft itself (the layout of the public Flow-GRPO teachers)."""
+def peft_lora(pipe_dir: Path, out: Path, seed: int = 3) -> Path:
+    """A LoRA saved by peft itself (the layout of the public Flow-GRPO teachers), its B factors
+    drawn from ``seed``."""
     import torch
     from diffusers import SD3Transformer2DModel
     from peft import LoraConfig, get_peft_model
@@ -109,7 +110,7 @@ def _peft_teacher(pipe_dir: Path, out: Path) -> Path:
     cfg = LoraConfig(r=32, lora_alpha=64, target_modules=list(DEFAULT_TARGETS))
     model = get_peft_model(tr, cfg)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
+        torch.manual_seed(seed)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)
@@ -154,7 +155,7 @@ def test_paper_profile_trains_opd_on_a_tiny_sd3(tmp_path: Path) -> None:
     )
     # teachers: one saved by peft (then fetched as a published LoRA would be), two by the suite
     teachers = {
-        "composition": fetch_adapter(_peft_teacher(pipe, tmp_path / "pub"), tmp_path / "t0")
+        "composition": fetch_adapter(peft_lora(pipe, tmp_path / "pub"), tmp_path / "t0")
     }
     model = FlowModel.from_pretrained(pipe)
     for k, task in enumerate(("text", "aesthetics")):
