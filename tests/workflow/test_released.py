@@ -1,7 +1,8 @@
-"""The released-model target: a real run at smoke scale on locally built stand-ins (a tiny
-SD3-shaped base and three LoRAs) saved in the huggingface_hub cache layout and loaded with
-``HF_HUB_OFFLINE=1``, so that the hub loading path (revision, subfolder) runs; the table it
-writes is checked cell by cell.
+"""The released-model target: the paper profile's DAG (every published adapter and the base
+evaluated on one GPU each, with the scorers' images on each evaluation's command line), and a
+real run at smoke scale on locally built stand-ins (a tiny SD3-shaped base and three LoRAs)
+saved in the huggingface_hub cache layout and loaded with ``HF_HUB_OFFLINE=1``, so that the hub
+loading path (revision, subfolder) runs; the table it writes is checked cell by cell.
 """
 
 from __future__ import annotations
@@ -14,12 +15,62 @@ import pytest
 import yaml
 
 from opd.config import load_config
+from opd.released import adapters
 from tests.paper.test_data import folder_files, hub_cache_repo, offline_env
 from tests.paper.test_profile import peft_lora
-from tests.workflow.test_dag import CONFIG, snakemake
+from tests.workflow.test_dag import CONFIG, job_stats, snakemake
+from tests.workflow.test_paper_dag import by_rule, fake_apptainer, gpus, ok_file, parse_jobs
 
 # every test starts Snakemake: not in the fast run
 pytestmark = pytest.mark.slow
+
+SERVICE_IMAGES = {
+    "geneval": "docker://opd-geneval:latest",
+    "hpsv21": "docker://opd-scorers:latest",
+    "imagereward": "docker://opd-scorers:latest",
+}
+
+
+def test_paper_dry_run_lists_every_released_evaluation_with_gpus_and_scorer_images(
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["-n", "released", "--sdm", "apptainer", "--config", "profile=paper"]
+    rc, out = snakemake(work, *args, env=fake_apptainer(tmp_path))
+    assert rc == 0, out
+    cfg = load_config("paper")
+    names = list(adapters(cfg))
+    jobs = by_rule(parse_jobs(out))
+    assert {j["wildcards"]["adapter"] for j in jobs["evaluate_released"]} == set(names)
+    assert {j["wildcards"]["adapter"] for j in jobs["fetch_released"]} == set(names)
+    gates = {ok_file(cfg, s["scorer"]) for s in cfg["benchmarks"].values()}
+    (base,) = jobs["evaluate_released_base"]
+    for job in [*jobs["evaluate_released"], base]:
+        assert gpus(job) == 1, job  # one GPU per evaluation (resources.eval_gpu)
+        assert gates | {"results/paper/prompts.ok"} <= set(job["input"]), job
+        for name, image in SERVICE_IMAGES.items():
+            assert f"--scorer-image {name}={image}" in job["shell"], job
+        for name in ("ocr", "pickscore", "clipscore", "aesthetic"):  # in the job's own image
+            assert f"--scorer-image {name}=docker://opd-train:latest" in job["shell"], job
+    assert "--released-base" in base["shell"]
+    for job in jobs["evaluate_released"]:
+        name = job["wildcards"]["adapter"]
+        assert f"--released {name} --adapter results/paper/released/{name}/adapter" in job["shell"]
+        assert f"results/paper/released/{name}/DONE" in job["input"]
+    fetch = {j["wildcards"]["adapter"]: j for j in jobs["fetch_released"]}
+    assert all(gpus(j) == 0 for j in fetch.values())
+    assert (
+        "quanhaol/DiffusionOPD --subfolder Student/lora --revision main"
+        in (fetch["opd_student"]["shell"])
+    )
+    assert "jieliu/SD3.5M-FlowGRPO-Text --revision main --out" in fetch["flowgrpo_text"]["shell"]
+    (table,) = jobs["released_table"]
+    for name in names:
+        assert f"--eval {name}=results/paper/released/{name}/eval.csv" in table["shell"]
+    assert not {"train_run", "train_teacher", "evaluate_run"} & set(jobs)  # evaluation only
+    assert "Singularity image docker://opd-train:latest will be pulled." in out
+    assert job_stats(out)["evaluate_released"] == len(names)
 
 
 # ------------------------------------------------------------------ a real run, smoke scale
