@@ -6,6 +6,7 @@
 #   snakemake --report results/mini/report.html            # after reproduce
 #   snakemake --cores all tables   /   figures             # regenerate from metrics.csv
 #   snakemake --cores 1 prepare --config profile=paper     # fetch prompts/teachers, check scorers
+#   snakemake --cores all released --config profile=paper  # published adapters vs their papers
 #
 # The profile's config (config/profiles/<profile>.yaml over config/defaults.yaml, plus any
 # --config / --configfile overrides) is validated when this file is parsed, before any job, and
@@ -50,6 +51,9 @@ localrules:
     prepare,
     fetch_prompts,
     fetch_teacher,
+    fetch_released,
+    released_table,
+    released,
     scorer_service,
 
 
@@ -89,11 +93,17 @@ rule prepare:
         prepare_targets(),
 
 
+rule released:
+    input:
+        released_targets(),
+
+
 include: "rules/world.smk"
 include: "rules/paper.smk"
 include: "rules/teachers.smk"
 include: "rules/methods.smk"
 include: "rules/evaluate.smk"
+include: "rules/released.smk"
 include: "rules/analysis.smk"
 include: "rules/report.smk"
 include: "rules/containers.smk"

@@ -24,6 +24,7 @@ import yaml
 
 from opd import manifest
 from opd.registry import METHODS
+from opd.released import ReleasedConfigError, validate_released
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
@@ -223,6 +224,10 @@ def validate_config(cfg: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> 
             raise ConfigError(f"{where}.method: {err}") from None
         build_dataclass(config_cls, section, where)
     _check_scorer_names(cfg)
+    try:
+        validate_released(cfg)
+    except ReleasedConfigError as err:
+        raise ConfigError(f"invalid configuration: {err}") from None
     split = (cfg.get("base") or {}).get("split")
     if split and not split["at"] < cfg["base"].get("steps", 0):
         raise ConfigError(

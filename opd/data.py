@@ -30,6 +30,11 @@ of prompts parsed.
 Formats: ``lines`` (one prompt per non-empty line; metadata ``{"index": i}``) and ``jsonl``
 (one JSON object per line with a ``prompt`` key; the object is the prompt's metadata, e.g.
 GenEval's ``tag`` / ``include`` / ``exclude``).
+
+Published LoRA adapters (teachers, the ``released`` entries): :func:`fetch_adapter` copies one
+into a peft folder, from a local folder or from a hub repository at a revision and subfolder
+through the huggingface_hub cache (``HF_HUB_OFFLINE=1`` serves a cached snapshot), and records
+where it came from (``opd_source.json``, with the commit a revision resolved to).
 """
 
 from __future__ import annotations
@@ -290,37 +295,62 @@ def load_prompt_file(
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+SOURCE_NAME = "opd_source.json"
+
+
+def _adapter_folder(
+    source: str, subfolder: str | None, revision: str | None
+) -> tuple[Path, str | None]:
+    """The folder holding the adapter's files, and the commit it was resolved to (hub only).
+
+    A hub repo is read through the huggingface_hub cache (``snapshot_download`` of the
+    adapter's files only, at ``revision``), so ``HF_HUB_OFFLINE=1`` serves a cached snapshot.
+    """
+    src = Path(source).expanduser()
+    if src.is_dir():
+        return (src / subfolder if subfolder else src), None
+    if "/" not in source or source.startswith((".", "/")):
+        raise FileNotFoundError(f"adapter source {source!r} is neither a folder nor a hub id")
+    from huggingface_hub import snapshot_download
+
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    snapshot = Path(
+        snapshot_download(
+            source, revision=revision, allow_patterns=[prefix + n for n in ADAPTER_FILES]
+        )
+    )
+    return snapshot / prefix, snapshot.name
 
 
 def fetch_adapter(
-    source: str | os.PathLike[str], out_dir: str | os.PathLike[str], revision: str | None = None
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    revision: str | None = None,
+    subfolder: str | None = None,
 ) -> Path:
-    """A published LoRA adapter (e.g. a Flow-GRPO teacher) as a peft folder at ``out_dir``.
+    """A published LoRA adapter (e.g. a Flow-GRPO or DiffusionOPD teacher) as a peft folder at
+    ``out_dir``.
 
     ``source``: a local peft folder (copied) or a hub repo id such as
-    ``jieliu/SD3.5M-FlowGRPO-GenEval`` (only the adapter files are downloaded, at
-    ``revision``). The folder is what ``FlowModel.load_adapter`` / ``opd train --teacher``
-    read.
+    ``jieliu/SD3.5M-FlowGRPO-GenEval`` (only the adapter files are fetched, at ``revision``);
+    ``subfolder`` is the adapter's folder inside it (``quanhaol/DiffusionOPD`` holds
+    ``Student/lora``, ``GenEvalTeacher/lora``, ...). ``opd_source.json`` beside the files records
+    where they came from, the commit a hub revision resolved to included. The folder is what
+    ``FlowModel.load_adapter`` / ``opd train --teacher`` read.
     """
+    folder, commit = _adapter_folder(str(source), subfolder, revision)
     out = Path(out_dir)
-    src = Path(source).expanduser()
-    if src.is_dir():
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, out / name)
-    elif "/" in str(source) and not str(source).startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(
-            str(source), revision=revision, local_dir=str(out), allow_patterns=list(ADAPTER_FILES)
-        )
-    else:
-        raise FileNotFoundError(f"adapter source {source!r} is neither a folder nor a hub id")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, out / name)
     if not (out / "adapter_config.json").is_file() or not any(
         (out / n).is_file() for n in ADAPTER_FILES[1:]
     ):
-        raise FileNotFoundError(f"{source}: no peft adapter (adapter_config.json + weights)")
+        where = f"{source}" + (f" (subfolder {subfolder})" if subfolder else "")
+        raise FileNotFoundError(f"{where}: no peft adapter (adapter_config.json + weights)")
+    record = {"source": str(source), "subfolder": subfolder, "revision": revision, "commit": commit}
+    (out / SOURCE_NAME).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -337,9 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("source", help="hub repo id (e.g. jieliu/SD3.5M-FlowGRPO-GenEval) or folder")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--revision", default=None)
+    t.add_argument("--subfolder", default=None, help="the adapter's folder in the repository")
     args = p.parse_args(argv)
     if args.cmd == "adapter":
-        print(fetch_adapter(args.source, args.out, args.revision))
+        print(fetch_adapter(args.source, args.out, args.revision, args.subfolder))
         return 0
 
     cfg = load_resolved(args.config) if args.config else load_config(args.profile)

@@ -131,6 +131,15 @@ def column_se(
     return math.sqrt(sum(variances)) / len(variances) if variances else math.nan
 
 
+def prompt_set_name(profile: dict[str, Any], task: str) -> str:
+    """The name of ``task``'s test prompt set: a set of :mod:`opd.data` (``geneval``, ...) or
+    ``mini:<task>`` for the mini world's."""
+    source = profile["tasks"][task].get("prompts", {"source": "mini"})
+    if source.get("source", "mini") == "mini":
+        return f"mini:{source.get('task', task)}"
+    return str(source.get("test") or source.get("set"))
+
+
 class Evaluator:
     """Holds the test prompts (or another ``split``'s), their embeddings and the scorers of one
     profile."""
@@ -168,6 +177,28 @@ class Evaluator:
                 self.embeds[other] if same else self.model.encode_prompts(self.sets[task, final][0])
             )
         return self.embeds[task, final]
+
+    def protocol(self) -> dict[str, Any]:
+        """What an evaluation on the final checkpoint's prompts runs: ODE steps and shift, the
+        evaluation seeds, the image resolution and, per task, the prompt set, how many of its
+        prompts and how many images of each over all seeds."""
+        ev = self.profile["eval"]
+        tasks = {}
+        for (task, final), (prompts, _) in self.sets.items():
+            if final:
+                k = images_per_prompt(ev, task, True)
+                tasks[task] = {
+                    "set": prompt_set_name(self.profile, task),
+                    "count": len(prompts) // k,
+                    "images_per_prompt": k * len(self.seeds),
+                }
+        return {
+            "steps": int(ev["num_steps"]),
+            "shift": float(ev.get("shift", 3.0)),
+            "seeds": list(self.seeds),
+            "resolution": int(self.model.resolution),
+            "tasks": tasks,
+        }
 
     @property
     def prompts(self) -> dict[str, tuple[list[str], list[dict]]]:
@@ -448,10 +479,17 @@ def evaluate_run(
     return Path(out)
 
 
-def evaluate_base(profile: dict[str, Any], out: Path, samples_out: Path | None = None) -> Path:
-    """Evaluate the base model without and with CFG (the first two rows of Table 1)."""
-    model = load_base_model(profile)
-    evaluator = Evaluator(model, profile)
+def evaluate_base(
+    profile: dict[str, Any],
+    out: Path,
+    samples_out: Path | None = None,
+    *,
+    evaluator: Evaluator | None = None,
+) -> Path:
+    """Evaluate the base model without and with CFG (the first two rows of Table 1); with
+    ``evaluator``, its model (e.g. a published adapter's base) instead of ``paths.base``."""
+    if evaluator is None:
+        evaluator = Evaluator(load_base_model(profile), profile)
     rows: list[dict[str, Any]] = []
     for run, g in (("base_nocfg", 1.0), ("base_cfg", float(profile["eval"]["guidance"]))):
         results, samples = evaluator.evaluate(None, g, keep_samples=16)
@@ -481,18 +519,26 @@ def evaluate_adapter(
     out: Path,
     samples_out: Path | None = None,
     seed: int = 0,
+    *,
+    guidance: float | None = None,
+    method: str | None = None,
+    evaluator: Evaluator | None = None,
 ) -> Path:
     """Evaluate one peft LoRA folder (a published teacher, ``python -m opd.data adapter``) as
-    run ``run`` (e.g. ``teacher_text``: its method and evaluation CFG come from the config).
+    run ``run`` (e.g. ``teacher_text``: its method and evaluation CFG come from the config,
+    unless ``guidance`` and ``method`` are given, as for a published adapter that is no run of
+    the config); ``evaluator``: on its model instead of ``paths.base``.
 
     Its rows are the run's final checkpoint (stage ``final``, step 0) with zero compute: the
     adapter's training is not ours to count.
     """
-    model = load_base_model(profile)
-    evaluator = Evaluator(model, profile)
-    guidance = eval_guidance_of(profile, run)
-    _, _, section = resolve_method(profile, run)
-    model.load_adapter(STUDENT, adapter_dir)
+    if evaluator is None:
+        evaluator = Evaluator(load_base_model(profile), profile)
+    if guidance is None or method is None:
+        _, _, section = resolve_method(profile, run)
+        guidance = eval_guidance_of(profile, run) if guidance is None else guidance
+        method = str(section.get("method", run)) if method is None else method
+    evaluator.model.load_adapter(STUDENT, adapter_dir)
     try:
         results, samples = evaluator.evaluate(STUDENT, guidance, keep_samples=16)
     except FloatingPointError as err:
@@ -500,7 +546,7 @@ def evaluate_adapter(
     _save_samples(samples_out, samples)
     base = {
         "run": run,
-        "method": section.get("method", run),
+        "method": method,
         "seed": seed,
         "stage": "final",
         "step": 0,

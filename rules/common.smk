@@ -7,6 +7,7 @@ config that every job reads, names the output paths and lists what each rule nee
 
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from opd.config import (
     yaml_leaves,
 )
 from opd import manifest
+from opd.released import adapters as released_adapters
+from opd.released import pretrained_teachers as configured_pretrained
+from opd.released import teacher_adapter
 from opd.reporting import FIGURES, TABLES
 
 # ---------------------------------------------------------------------------------------------
@@ -126,16 +130,10 @@ def only(names):
 # published teacher LoRAs, prompt sets, and its scorers (services answering, weights in place).
 
 
-def pretrained_teachers():
-    """Task -> published LoRA (hub id or peft folder) of the tasks whose teacher is fetched."""
-    return {
-        t: spec["teacher"]["pretrained"]
-        for t, spec in CFG["tasks"].items()
-        if (spec.get("teacher") or {}).get("pretrained")
-    }
-
-
-PRETRAINED = pretrained_teachers()
+# Task -> published LoRA of the tasks whose teacher is fetched: a hub id or peft folder, or
+# {released: <name>}, an entry of `released.adapters` (fetched once, by fetch_released).
+PRETRAINED = configured_pretrained(CFG)
+RELEASED = list(released_adapters(CFG))  # published adapters evaluated by `released`
 TRAINED_TASKS = [t for t in TASKS if t not in PRETRAINED]
 NEEDS_PROMPTS = any(
     (spec.get("prompts") or {}).get("source", "mini") != "mini"
@@ -195,6 +193,10 @@ TABLES_DIR = f"{RESULTS}/tables"
 FIGURES_DIR = f"{RESULTS}/figures"
 CONTAINERS = "results/containers"
 PROMPTS_OK = f"{RESULTS}/prompts.ok"
+RELEASED_DIR = f"{RESULTS}/released"
+RELEASED_DONE = f"{RELEASED_DIR}/{{adapter}}/DONE"
+RELEASED_EVAL = f"{RELEASED_DIR}/{{adapter}}/eval.csv"  # and its record, eval.json
+RELEASED_BASE_EVAL = f"{RELEASED_DIR}/base/eval.csv"
 SERVICE_OK = f"{RESULTS}/services/{{scorer}}.ok"
 SCORER_OK = f"{RESULTS}/scorers/{{scorer}}.ok"
 
@@ -239,6 +241,26 @@ def teacher_eval_key(wildcards):
     )
 
 
+def released_key(*fields):
+    """A params function: a hash of the ``fields`` of the job's released entry."""
+
+    def key(wildcards):
+        entry = released_adapters(CFG)[wildcards.adapter]
+        return config_hash({f: entry.get(f) for f in fields})
+
+    return key
+
+
+RELEASED_EVAL_KEY = config_key(
+    "eval",
+    "benchmarks",
+    *task_keys("prompts"),
+    "released.base",
+    "model.sd3",
+    "model.dtype",
+)
+
+
 def run_config_key(wildcards):
     return config_key(
         f"methods.{wildcards.run}",
@@ -261,6 +283,57 @@ def stage1():
     if "base" in CFG:
         files.append(BASE_DONE)
     return files
+
+
+def released_stage1():
+    """Stage-1 artifacts of a published adapter's evaluation: the mini world and its learned
+    scorers where the profile has them, not its own base (``released.base`` is the base).
+    """
+    return [f for f in stage1() if f != BASE_DONE]
+
+
+def released_adapter_dir(name):
+    """The peft folder that fetch_released writes for released entry ``name``."""
+    return f"{os.path.dirname(RELEASED_DONE.format(adapter=name))}/adapter"
+
+
+def released_fetch_args(wildcards):
+    """``HUB [--subfolder S] [--revision R]`` of the job's released entry (shell-quoted)."""
+    entry = released_adapters(CFG)[wildcards.adapter]
+    args = [shlex.quote(entry["hub"])]
+    for key in ("subfolder", "revision"):
+        if entry.get(key):
+            args.append(f"--{key} {shlex.quote(entry[key])}")
+    return " ".join(args)
+
+
+def scorer_image(name):
+    """Where scorer ``name`` runs while an evaluation job scores: a service's container image
+    (``containers.scorer_images``; ``external`` without one), an in-process scorer in the job's
+    own image (``in-process`` where the job has none)."""
+    if name in SERVICE_SCORERS:
+        images = (CFG.get("containers") or {}).get("scorer_images") or {}
+        return str(images.get(name, "external"))
+    if name in LOCAL_SCORERS and TRAIN_IMAGE:
+        return TRAIN_IMAGE
+    return "in-process"
+
+
+def scorer_image_args():
+    """``--scorer-image NAME=WHERE`` for every benchmark column's scorer: recorded with each
+    released-model evaluation (the scorer's version is part of its protocol)."""
+    names = dict.fromkeys(spec["scorer"] for spec in CFG["benchmarks"].values())
+    return " ".join(f"--scorer-image {n}={scorer_image(n)}" for n in names)
+
+
+def released_evals():
+    """Name -> eval CSV of every published adapter."""
+    return {name: RELEASED_EVAL.format(adapter=name) for name in RELEASED}
+
+
+def released_eval_args(wildcards, input):
+    """``--eval NAME=CSV`` for every published adapter's evaluation."""
+    return " ".join(f"--eval {name}={path}" for name, path in released_evals().items())
 
 
 def ready_files(scorers):
@@ -302,7 +375,20 @@ def variance_ready():
 
 
 def pretrained_source(wildcards):
+    """What fetch_teacher copies: the fetched released entry's folder, or the hub id / folder."""
+    name = teacher_adapter(CFG, wildcards.task)
+    if name is not None:
+        return released_adapter_dir(name)
     return PRETRAINED[wildcards.task]
+
+
+def fetch_teacher_inputs(wildcards):
+    """The resolved config, and the fetched released entry when the teacher names one."""
+    files = {"cfg": ancient(CONFIG_FILE)}
+    name = teacher_adapter(CFG, wildcards.task)
+    if name is not None:
+        files["released"] = RELEASED_DONE.format(adapter=name)
+    return files
 
 
 def scorer_key(wildcards):
@@ -504,6 +590,13 @@ def reproduce_targets():
     if "world" in CFG:
         files.append(f"{TABLES_DIR}/world_validation.csv")
     return files
+
+
+def released_targets():
+    """The released-model table, where the profile configures published adapters."""
+    if not CFG.get("released"):
+        return []
+    return [f"{TABLES_DIR}/released.{ext}" for ext in ("md", "csv")]
 
 
 def prepare_targets():

@@ -15,7 +15,9 @@ rule make_tables:
     conda:
         ENV
     params:
-        key=config_key("benchmarks", "tasks", "methods", "table1", "ablations"),
+        key=config_key(
+            "benchmarks", "tasks", "methods", "table1", "ablations", "released"
+        ),
         out=output_dir,
         bounds=input_flag("bounds"),
     shell:

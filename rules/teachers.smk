@@ -1,6 +1,7 @@
 # Stage 1: one single-task RL teacher per task (run `teacher_<task>`, seed 0), kept as a LoRA
 # adapter in results/<profile>/teachers/<task>/final. A task whose `teacher.pretrained` names a
-# published LoRA (hub id or peft folder) fetches it there instead of training one.
+# published LoRA (hub id or peft folder, or `{released: <name>}`, an entry of the `released`
+# list, fetched once by fetch_released) copies it there instead of training one.
 
 
 rule train_teacher:
@@ -37,7 +38,7 @@ rule train_teacher:
 
 rule fetch_teacher:
     input:
-        cfg=ancient(CONFIG_FILE),
+        unpack(fetch_teacher_inputs),
     output:
         TEACHER_DONE,
     log:

@@ -1,4 +1,5 @@
-"""``opd evaluate``: score every checkpoint of a run (or the base model) on every benchmark."""
+"""``opd evaluate``: score every checkpoint of a run (or the base model, or a published adapter)
+on every benchmark."""
 
 from __future__ import annotations
 
@@ -36,7 +37,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="the base model's eval CSV: checkpoints whose adapter is the identity reuse its rows",
     )
     p.add_argument("--samples", type=Path, default=None, help="npz of sample images to write")
+    p.add_argument(
+        "--released",
+        default=None,
+        metavar="NAME",
+        help="evaluate the released adapter NAME (its fetched --adapter folder) on released.base "
+        "at the CFG it was trained for; writes a record of the protocol beside --out",
+    )
+    p.add_argument(
+        "--released-base",
+        action="store_true",
+        help="evaluate released.base without and with CFG; writes a record beside --out",
+    )
+    p.add_argument(
+        "--scorer-image",
+        action="append",
+        default=[],
+        metavar="SCORER=WHERE",
+        help="where a scorer runs (its container image), recorded with a released evaluation",
+    )
     return p
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"opd evaluate: {flag} takes NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +74,17 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     setup_threads(cfg)
+    images = _pairs(args.scorer_image, "--scorer-image")
+    if args.released_base or args.released:
+        from opd.published import evaluate_released, evaluate_released_base
+
+        if args.released_base:
+            evaluate_released_base(cfg, args.out, images)
+        elif args.adapter is None:
+            raise SystemExit("opd evaluate: --released needs --adapter (the fetched folder)")
+        else:
+            evaluate_released(cfg, args.released, args.adapter, args.out, images)
+        return 0
     if args.base:
         evaluate_base(cfg, args.out, args.samples)
         return 0

@@ -7,7 +7,9 @@ the mean of min-max-normalised metrics with explicit bounds: ``benchmarks.<col>.
 given, otherwise floor = base w/o CFG and ceiling = the best row (the bounds used are printed
 under the table). Compute is the final checkpoint's model evaluations and wall hours, both with
 parallel teachers (longest teacher + student) and in total (all teachers + student) for runs that
-distil from teachers, and the run's own otherwise.
+distil from teachers, and the run's own otherwise. A downloaded teacher (``teacher.pretrained``)
+counts its authors' reported GPU hours (its released entry's ``reported.train_hours``) and no
+model evaluations, which are unknown: its cells and those of the runs distilling it say so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from opd.config import resolve_method
+from opd.released import downloaded_teacher_hours
 from opd.reporting.collect import BASE_RUNS, TEACHER_PREFIX
 
 PAPER_TABLE = Path(__file__).with_name("paper_table1.csv")
@@ -225,6 +228,13 @@ def _teacher_compute(final: pd.DataFrame, cfg: Mapping[str, Any]) -> pd.DataFram
     return sub.groupby("run")[["model_evals", "wall_seconds"]].mean()
 
 
+def _downloaded(cfg: Mapping[str, Any]) -> dict[str, float]:
+    """Teacher run -> its authors' reported GPU hours (NaN where not reported), for every
+    downloaded teacher."""
+    hours = downloaded_teacher_hours(cfg)
+    return {f"{TEACHER_PREFIX}{t}": math.nan if h is None else h for t, h in hours.items()}
+
+
 def build_table(
     final: pd.DataFrame,
     cfg: Mapping[str, Any],
@@ -232,9 +242,13 @@ def build_table(
     bounds: Mapping[str, Bound],
     info: Mapping[str, RunInfo],
 ) -> pd.DataFrame:
-    """Numeric table: one row per run with ``<col>_mean``/``<col>_std``, Average and compute."""
+    """Numeric table: one row per run with ``<col>_mean``/``<col>_std``, Average and compute
+    (``teachers``: ``downloaded`` on a downloaded teacher's row and on the rows of the runs that
+    distil from one)."""
     columns = benchmark_columns(cfg)
+    downloaded = _downloaded(cfg)
     teachers = _teacher_compute(final, cfg)
+    teachers = teachers.drop(index=[r for r in downloaded if r in teachers.index])
     records = []
     for run in rows:
         sub = final[final["run"] == run]
@@ -250,22 +264,32 @@ def build_table(
         for col in columns:
             rec[f"{col}_mean"], rec[f"{col}_std"] = _mean_std(sub[col])
         rec["average_mean"], rec["average_std"] = _mean_std(summary_score(sub, bounds))
+        rec["teachers"] = ""
         if run in BASE_RUNS:
             rec.update(dict.fromkeys(COMPUTE, math.nan))
+        elif run in downloaded:  # not trained here: reported hours, unknown evaluations
+            rec.update({k: math.nan if k.startswith("evals") else downloaded[run] for k in COMPUTE})
+            rec["teachers"] = "downloaded"
         else:
             evals = float(sub["model_evals"].mean())
             hours = float(sub["wall_seconds"].mean()) / 3600.0
-            uses = info.get(run, RunInfo(run)).needs_teachers and not teachers.empty
+            needs = info.get(run, RunInfo(run)).needs_teachers
+            uses = needs and not teachers.empty
             t_evals = teachers["model_evals"] if uses else pd.Series([0.0])
             t_hours = teachers["wall_seconds"] / 3600.0 if uses else pd.Series([0.0])
+            if needs and downloaded:
+                t_hours = pd.concat([t_hours, pd.Series(list(downloaded.values()))])
+                t_hours = t_hours.reset_index(drop=True)
+                rec["teachers"] = "downloaded"
             rec["evals_parallel"] = evals + float(t_evals.max())
             rec["evals_total"] = evals + float(t_evals.sum())
-            rec["hours_parallel"] = hours + float(t_hours.max())
-            rec["hours_total"] = hours + float(t_hours.sum())
+            # a downloaded teacher without reported hours leaves them unknown (NaN)
+            rec["hours_parallel"] = hours + float(t_hours.max(skipna=False))
+            rec["hours_total"] = hours + float(t_hours.sum(skipna=False))
         records.append(rec)
     cols = ["row", "run", "role", "n_seeds", "needs_teachers"]
     cols += [f"{c}_{s}" for c in columns for s in ("mean", "std")]
-    cols += ["average_mean", "average_std", *COMPUTE]
+    cols += ["average_mean", "average_std", *COMPUTE, "teachers"]
     return pd.DataFrame(records, columns=cols)
 
 
@@ -313,7 +337,8 @@ def make_tables(
 # Formatting.
 
 
-def _decimals(values: Iterable[float]) -> int:
+def decimals_for(values: Iterable[float]) -> int:
+    """Decimals to print a column with: 1 from 100 up, 2 from 10, else 3."""
     finite = [abs(v) for v in values if isinstance(v, float | int) and math.isfinite(v)]
     top = max(finite, default=0.0)
     return 1 if top >= 100 else 2 if top >= 10 else 3
@@ -346,14 +371,26 @@ def display_frame(table: Table) -> pd.DataFrame:
     df = table.data
     out = pd.DataFrame({"model": df["row"]})
     for col in table.columns:
-        d = _decimals(df[f"{col}_mean"].tolist())
+        d = decimals_for(df[f"{col}_mean"].tolist())
         pairs = zip(df[f"{col}_mean"], df[f"{col}_std"], strict=True)
         out[table.labels[col]] = [format_mean_std(m, s, d) for m, s in pairs]
     pairs = zip(df["average_mean"], df["average_std"], strict=True)
     out["Average"] = [format_mean_std(m, s, 3) for m, s in pairs]
     for key in COMPUTE:
-        fmt = format_count if key.startswith("evals") else format_hours
-        out[COMPUTE_LABELS[key]] = [fmt(v) for v in df[key]]
+        cells = []
+        for value, role, teachers in zip(df[key], df["role"], df["teachers"], strict=True):
+            if key.startswith("evals"):
+                cell = format_count(value)
+                if teachers == "downloaded":
+                    cell = "downloaded" if role == "teacher" else f"{cell} + downloaded"
+            else:
+                cell = format_hours(value)
+                if teachers == "downloaded" and not math.isfinite(value):
+                    cell = "not reported" if role == "teacher" else "– (teachers: not reported)"
+                elif teachers == "downloaded":
+                    cell += " (reported)" if role == "teacher" else " (teachers: reported)"
+            cells.append(cell)
+        out[COMPUTE_LABELS[key]] = cells
     return out
 
 
@@ -376,6 +413,15 @@ def fairness_lines(table: Table, reference: str = "opd") -> list[str]:
     ref = df[df["run"] == reference]
     if ref.empty or not float(ref["evals_total"].iloc[0]) > 0:
         return []
+    if (ref["teachers"] == "downloaded").any():
+        baselines = df[~df["role"].isin(["base", "teacher"]) & ~df["needs_teachers"]]
+        if baselines.empty:
+            return []
+        return [
+            "Fairness (docs/mini_world.md): not checked on measured compute: the teachers were "
+            "downloaded, so their model evaluations are unknown; the baselines' budgets are the "
+            "profile's steps, sized from the paper's GPU hours (see its `methods` comment)."
+        ]
     budget = float(ref["evals_total"].iloc[0])
     lines = []
     for _, r in df.iterrows():
@@ -393,6 +439,21 @@ def fairness_lines(table: Table, reference: str = "opd") -> list[str]:
     return [head, *lines]
 
 
+def downloaded_lines(table: Table) -> list[str]:
+    """A note on downloaded teachers, where Table 1 has any."""
+    df = table.data
+    rows = df[(df["role"] == "teacher") & (df["teachers"] == "downloaded")]
+    if rows.empty:
+        return []
+    names = ", ".join(rows["row"])
+    return [
+        f"Teachers downloaded, not trained here ({names}): their hours are their authors' "
+        "reported GPU hours ('reported'; on the authors' GPUs, not ours) and their model "
+        "evaluations are unknown ('downloaded'), in their rows and in those of the runs that "
+        "distil from them."
+    ]
+
+
 def notes(table: Table) -> list[str]:
     seeds = ", ".join(map(str, table.seeds)) or "–"
     evs = ", ".join(map(str, table.eval_seeds)) or "–"
@@ -404,6 +465,7 @@ def notes(table: Table) -> list[str]:
         "Compute: model evaluations and wall-clock hours of training. For runs that distil "
         "from teachers, 'parallel' adds the longest teacher (teachers trained in parallel) and "
         "'total' adds every teacher; other runs show their own compute in both.",
+        *downloaded_lines(table),
         *fairness_lines(table),
     ]
 

@@ -132,22 +132,28 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
     return load_prompt_file(source, split, profile)
 
 
-def load_base_model(profile: dict[str, Any]) -> Any:
+def load_base_model(profile: dict[str, Any], source: dict[str, Any] | None = None) -> Any:
     """The profile's base model (``paths.base``), with its feed-forward GELU in the form
     ``model.ff_gelu`` names when set (e.g. ``exact`` for a base pretrained in SD3's tanh form:
-    cheaper on x86 CPUs; see docs/PERFORMANCE.md)."""
-    path = profile["paths"]["base"]
-    dtype = getattr(torch, profile["model"].get("dtype", "float32"))
+    cheaper on x86 CPUs; see docs/PERFORMANCE.md).
+
+    ``source`` (``{hub, revision}``, e.g. ``released.base``) loads that SD3 pipeline instead, a
+    hub id through the huggingface_hub cache, with the profile's ``model.sd3`` options and
+    dtype and the GELU it was saved with."""
+    model_cfg = profile["model"]
+    path = source["hub"] if source else profile["paths"]["base"]
+    revision = source.get("revision") if source else model_cfg.get("revision")
+    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
     kwargs: dict[str, Any] = {}
-    if profile["model"].get("kind") == "sd3":  # SD3.5 loader options (resolution, T5 length)
-        kwargs = dict(profile["model"].get("sd3") or {})
-        if profile["model"].get("revision"):
-            kwargs["revision"] = profile["model"]["revision"]
+    if source or model_cfg.get("kind") == "sd3":  # SD3.5 loader options (resolution, T5 length)
+        kwargs = dict(model_cfg.get("sd3") or {})
+        if revision:
+            kwargs["revision"] = revision
     model = FlowModel.from_pretrained(
         path, device=profile.get("device", "cpu"), dtype=dtype, **kwargs
     )
-    if profile["model"].get("ff_gelu"):
-        set_ff_gelu(model.transformer, profile["model"]["ff_gelu"])
+    if model_cfg.get("ff_gelu") and not source:
+        set_ff_gelu(model.transformer, model_cfg["ff_gelu"])
     return model
 
 

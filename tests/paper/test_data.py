@@ -1,11 +1,16 @@
 """Paper prompt sets (opd.data): fetched over HTTP from a local server, cached, checked against
 pinned or first-use SHA-256 digests, parsed (lines, GenEval jsonl), counted; published LoRA
-teachers fetched as peft folders."""
+teachers fetched as peft folders, from a folder or, offline, from the huggingface_hub cache at a
+revision and subfolder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -132,6 +137,99 @@ def test_fetch_adapter_from_a_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        D.SOURCE_NAME,
     ]
+    assert json.loads((out / D.SOURCE_NAME).read_text())["commit"] is None
     with pytest.raises(FileNotFoundError, match="no peft adapter"):
         D.fetch_adapter(tmp_path / "out" / "..", tmp_path / "empty")
+
+
+# ------------------------------------------------------------------ the huggingface_hub cache
+def hub_cache_repo(
+    cache: Path, repo_id: str, files: Mapping[str, Path], ref: str | None = "main"
+) -> str:
+    """Save ``files`` (path in the repository -> local file) as one commit of ``repo_id`` in the
+    huggingface_hub cache layout (``models--owner--name/blobs/<sha256>``, ``snapshots/<commit>/
+    <path>`` linked to its blob, ``refs/<ref>`` holding the commit); returns the commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    listing = hashlib.sha1()
+    blobs = {}
+    for path, src in sorted(files.items()):
+        data = Path(src).read_bytes()
+        blobs[path] = hashlib.sha256(data).hexdigest()
+        listing.update(f"{path}\0{blobs[path]}\0".encode())
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        (repo / "blobs" / blobs[path]).write_bytes(data)
+    commit = listing.hexdigest()
+    for path, blob in blobs.items():
+        link = repo / "snapshots" / commit / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    if ref:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return commit
+
+
+def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """Every file under ``folder`` as repository path (under ``prefix``) -> file."""
+    return {
+        f"{prefix}{p.relative_to(folder).as_posix()}": p
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def offline_env(hf_home: Path) -> dict[str, str]:
+    """This environment with the hub offline and its cache under ``hf_home``."""
+    return {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def _lora_files(root: Path, text: str) -> dict[str, Path]:
+    root.mkdir(parents=True)
+    (root / "adapter_config.json").write_text(json.dumps({"r": 2, "note": text}))
+    (root / "adapter_model.safetensors").write_bytes(text.encode())
+    (root / "README.md").write_text("not fetched")
+    return folder_files(root)
+
+
+def test_fetch_adapter_offline_from_the_hub_cache_at_a_revision_and_subfolder(
+    tmp_path: Path,
+) -> None:
+    hub = tmp_path / "hf" / "hub"
+    old = {f"OCRTeacher/lora/{k}": v for k, v in _lora_files(tmp_path / "old", "old").items()}
+    new = {f"OCRTeacher/lora/{k}": v for k, v in _lora_files(tmp_path / "new", "new").items()}
+    new |= {f"Student/lora/{k}": v for k, v in _lora_files(tmp_path / "st", "student").items()}
+    first = hub_cache_repo(hub, "standin/opd", old, ref=None)
+    main = hub_cache_repo(hub, "standin/opd", new)
+    assert first != main
+
+    def fetch(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "opd.data", "adapter", "standin/opd", *args]
+        env = offline_env(tmp_path / "hf")
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    for revision, subfolder, want, commit in (
+        (first, "OCRTeacher/lora", "old", first),
+        ("main", "OCRTeacher/lora", "new", main),
+        ("main", "Student/lora", "student", main),
+    ):
+        out = tmp_path / f"out-{revision[:6]}-{subfolder.split('/')[0]}"
+        done = fetch("--revision", revision, "--subfolder", subfolder, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        assert (out / "adapter_model.safetensors").read_text() == want
+        assert not (out / "README.md").exists()  # only the adapter's files
+        source = json.loads((out / D.SOURCE_NAME).read_text())
+        assert source == {
+            "source": "standin/opd",
+            "subfolder": subfolder,
+            "revision": revision,
+            "commit": commit,
+        }
+    missing = fetch("--subfolder", "AesTeacher/lora", "--out", str(tmp_path / "none"))
+    assert missing.returncode != 0 and "AesTeacher/lora" in missing.stderr

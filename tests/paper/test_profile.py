@@ -1,6 +1,7 @@
-"""The paper profile: its settings are the paper's, every run and teacher resolves, and the
-paper's training path runs end to end on a tiny SD3-shaped pipeline built locally (hub ids
-replaced by local folders, prompt sets by local files, teachers by peft LoRA folders)."""
+"""The paper profile: its settings are the paper's, every run and teacher resolves, its stage 1
+distils the authors' published teachers (training them an option), and the paper's training
+path runs end to end on a tiny SD3-shaped pipeline built locally (hub ids replaced by local
+folders, prompt sets by local files, teachers by peft LoRA folders)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from opd.config import REPO_ROOT, load_config
 from opd.models import DEFAULT_TARGETS
 from opd.registry import SCORERS
+from opd.released import adapters, downloaded_teacher_hours
 from opd.rewards.paper import PAPER_SCORERS
 
 ACCEL = REPO_ROOT / "config" / "accelerate"
@@ -89,6 +91,38 @@ def test_a_published_teacher_is_a_config_choice() -> None:
     assert "pretrained" not in section and method_cfg.eval_guidance == 4.5
 
 
+def test_the_paper_profile_distils_its_authors_published_teachers() -> None:
+    paper = load_config("paper")
+    entries = adapters(paper)
+    assert {e["hub"] for e in entries.values()} >= {
+        "quanhaol/DiffusionOPD",
+        "jieliu/SD3.5M-FlowGRPO-GenEval",
+        "worstcoder/SD3.5M-DiffusionNFT-MultiReward",
+    }
+    opd = {e["subfolder"] for e in entries.values() if e["hub"] == "quanhaol/DiffusionOPD"}
+    assert opd == {"Student/lora", "GenEvalTeacher/lora", "OCRTeacher/lora", "AesTeacher/lora"}
+    teachers = {t: s["teacher"]["pretrained"]["released"] for t, s in paper["tasks"].items()}
+    assert teachers == {
+        "composition": "opd_geneval_teacher",
+        "text": "opd_ocr_teacher",
+        "aesthetics": "opd_aes_teacher",
+    }
+    for task, name in teachers.items():  # queried at the CFG its entry was trained for
+        assert paper["tasks"][task]["teacher"]["guidance"] == entries[name]["guidance"]
+    assert downloaded_teacher_hours(paper) == {
+        "composition": 46.92,
+        "text": 33.17,
+        "aesthetics": 85.75,
+    }
+    for entry in entries.values():  # every reported number carries its source
+        if entry["reported"] is not None:
+            assert entry["reported"]["source"].strip() and entry["reported"]["values"]
+    trained = load_config(
+        "paper", overrides={"tasks": {"text": {"teacher": {"pretrained": None}}}}
+    )  # training a teacher stays an option
+    assert set(downloaded_teacher_hours(trained)) == {"composition", "aesthetics"}
+
+
 def test_accelerate_configs() -> None:
     want = {"single_gpu": 1, "multi_gpu": 8, "multi_node": 16, "fsdp": 8, "cpu2": 2}
     for name, procs in want.items():
@@ -99,8 +133,9 @@ def test_accelerate_configs() -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-def _peft_teacher(pipe_dir: Path, out: Path) -> Path:
-    """A LoRA saved by peft itself (the layout of the public Flow-GRPO teachers)."""
+def peft_lora(pipe_dir: Path, out: Path, seed: int = 3) -> Path:
+    """A LoRA saved by peft itself (the layout of the public Flow-GRPO teachers), its B factors
+    drawn from ``seed``."""
     import torch
     from diffusers import SD3Transformer2DModel
     from peft import LoraConfig, get_peft_model
@@ -109,7 +144,7 @@ def _peft_teacher(pipe_dir: Path, out: Path) -> Path:
     cfg = LoraConfig(r=32, lora_alpha=64, target_modules=list(DEFAULT_TARGETS))
     model = get_peft_model(tr, cfg)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
+        torch.manual_seed(seed)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)
@@ -153,9 +188,7 @@ def test_paper_profile_trains_opd_on_a_tiny_sd3(tmp_path: Path) -> None:
         },
     )
     # teachers: one saved by peft (then fetched as a published LoRA would be), two by the suite
-    teachers = {
-        "composition": fetch_adapter(_peft_teacher(pipe, tmp_path / "pub"), tmp_path / "t0")
-    }
+    teachers = {"composition": fetch_adapter(peft_lora(pipe, tmp_path / "pub"), tmp_path / "t0")}
     model = FlowModel.from_pretrained(pipe)
     for k, task in enumerate(("text", "aesthetics")):
         model.add_adapter(f"t{k}", rank=32, alpha=64, init="random", seed=10 + k)

@@ -29,10 +29,13 @@ HEAVY = frozenset(
 # The layers of docs/ARCHITECTURE.md, bottom first: a module may import its own layer and the
 # layers below. The first pattern that matches a module decides its layer.
 LAYERS: tuple[tuple[str, str], ...] = (
-    ("core", r"opd|opd\.(registry|config|manifest|faults|training\.options)|baselines\._configs"),
+    (
+        "core",
+        r"opd|opd\.(registry|config|released|manifest|faults|training\.options)|baselines\._configs",
+    ),
     ("foundations", r"opd\.(sampling(\..+)?|data|models(\..+)?|worlds(\..+)?)"),
     ("scoring", r"opd\.(objectives|rewards(\..+)?)"),
-    ("training", r"opd\.(training(\..+)?|evaluation|validation)"),
+    ("training", r"opd\.(training(\..+)?|evaluation|published|validation)"),
     ("analysis", r"opd\.(analysis|reporting)(\..+)?"),
     ("entry points", r"opd\.(cli|warmstart|commands(\..+)?)"),
     ("baselines", r"baselines(\..+)?"),

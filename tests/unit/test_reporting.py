@@ -3,6 +3,7 @@ computations, the written formats, the tidy table from eval CSVs, and figures re
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -183,6 +184,31 @@ def test_fairness_compares_runs_without_teachers_to_teachers_plus_opd(tables):
     low = fairness_lines(make_tables(starved, CFG, INFO)["table1"])
     assert "0.89x" in low[1] and "BELOW" in low[1]
     assert fairness_lines(tables["ablations"]) == []  # only teacher-distilling rows there
+
+
+def test_a_downloaded_teacher_counts_its_reported_hours_and_no_evaluations(tmp_path):
+    cfg = copy.deepcopy(CFG)
+    cfg["tasks"]["b"]["teacher"]["pretrained"] = {"released": "tb"}
+    reported = {"source": "P", "protocol": {}, "values": {}, "train_hours": 2.5}
+    cfg["released"] = {"adapters": [{"name": "tb", "reported": reported}]}
+    tables = make_tables(synthetic_metrics(), cfg, INFO)
+    table = tables["table1"]
+    teacher = _row(table, "teacher_b")  # its measured compute (300 evals, 2 h) is not ours
+    assert math.isnan(teacher["evals_total"]) and teacher["hours_total"] == pytest.approx(2.5)
+    opd = _row(table, "opd")  # 50 evals, 0.5 h; trained teacher_a 100 evals, 1 h
+    assert opd["evals_parallel"] == opd["evals_total"] == pytest.approx(50 + 100)
+    assert opd["hours_parallel"] == pytest.approx(0.5 + 2.5)
+    assert opd["hours_total"] == pytest.approx(0.5 + 1.0 + 2.5)
+    assert _row(table, "multi")["teachers"] == "" and opd["teachers"] == "downloaded"
+    write_tables(tables, cfg, tmp_path)
+    md = (tmp_path / "table1.md").read_text()
+    assert "| downloaded " in md and "2.5 (reported)" in md and "150 + downloaded" in md
+    assert "Teachers downloaded, not trained here (b teacher)" in md
+    (fair,) = fairness_lines(table)  # unknown teacher evaluations: not checked, and said so
+    assert "not checked" in fair and "downloaded" in fair
+    cfg["released"]["adapters"][0]["reported"] = None  # hours nobody reported stay unknown
+    opd = _row(make_tables(synthetic_metrics(), cfg, INFO)["table1"], "opd")
+    assert math.isnan(opd["hours_total"]) and opd["evals_total"] == pytest.approx(150)
 
 
 def test_world_bounds_replace_the_data_driven_ones_but_not_the_configs(tmp_path):

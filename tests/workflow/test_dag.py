@@ -104,8 +104,12 @@ def test_dry_run_lists_every_run_seed_teacher_and_evaluation(profile, tmp_path):
     runs = expected_runs(cfg)
     assert {(w["run"], w["seed"]) for w, _ in by_rule["train_run"]} == runs
     assert {(w["run"], w["seed"]) for w, _ in by_rule["evaluate_run"]} == runs
-    assert {w["task"] for w, _ in by_rule["train_teacher"]} == set(cfg["tasks"])
-    assert {w["task"] for w, _ in by_rule["evaluate_teacher"]} == set(cfg["tasks"])
+    fetched = {t for t, s in cfg["tasks"].items() if s["teacher"].get("pretrained")}
+    trained = set(cfg["tasks"]) - fetched  # the paper profile fetches its authors' teachers
+    assert {w["task"] for w, _ in by_rule.get("train_teacher", [])} == trained
+    assert {w["task"] for w, _ in by_rule.get("evaluate_teacher", [])} == trained
+    assert {w["task"] for w, _ in by_rule.get("fetch_teacher", [])} == fetched
+    assert (profile == "paper") == (fetched == set(cfg["tasks"]))
     stats = job_stats(out)
     assert stats["train_run"] == len(runs) and stats["evaluate_run"] == len(runs)
     once = ["evaluate_base", "grad_variance", "collect_metrics", "make_tables", "make_figures"]
@@ -197,7 +201,20 @@ MALFORMED = {  # a --config entry or the content of a --configfile, and the key 
         {"tasks": {"text": {"teacher": {"method": "nosuch"}}}},
         "tasks.text.teacher.method",
     ),
-}
+    "file: published adapter without a revision": (
+        {"released": {"base": {"hub": "o/base", "revision": "main"}, "adapters": [
+            {"name": "x", "hub": "o/x", "subfolder": None, "guidance": 4.5, "reported": None}
+        ]}},
+        "released.adapters.0: 'revision' is a required property",
+    ),
+    "file: published adapter reporting an unknown benchmark": (
+        {"released": {"base": {"hub": "o/base", "revision": "main"}, "adapters": [
+            {"name": "x", "hub": "o/x", "subfolder": None, "revision": "main", "guidance": 4.5,
+             "reported": {"source": "a paper", "protocol": {}, "values": {"geneva": 0.9}}}
+        ]}},
+        "released.adapters[0].reported.values.geneva: not a benchmark",
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))

@@ -1,6 +1,7 @@
 """The paper profile's DAG (dry runs): a job for every run x seed, teacher and scorer, GPU
-resources per job, the CUDA image under ``--sdm apptainer``, published teachers fetched instead of
-trained, and none of these paper-only jobs in the mini world.
+resources per job, the CUDA image under ``--sdm apptainer``, the authors' published teachers
+fetched by default (training them an option), and none of these paper-only jobs in the mini
+world.
 
 Every Snakemake call runs in a temporary working directory (``--directory``), as in
 ``test_dag.py``; ``apptainer`` is a stand-in that only reports its version (a dry run pulls
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.slow
 PAPER_ONLY = {
     "fetch_prompts",
     "fetch_teacher",
+    "fetch_released",
     "scorer_service",
     "scorer_ready",
     "evaluate_pretrained_teacher",
@@ -34,6 +36,13 @@ TRAIN_RULES = {"train_teacher", "train_run"}
 EVAL_RULES = {"evaluate_base", "evaluate_teacher", "evaluate_pretrained_teacher", "evaluate_run"}
 PRETRAINED = "jieliu/SD3.5M-FlowGRPO-Text"
 IMAGE = "docker://registry.example/opd-train:1.0"
+TRAIN_TEACHERS = (
+    "tasks={"
+    + ", ".join(
+        f"{t}: {{teacher: {{pretrained: null}}}}" for t in ("composition", "text", "aesthetics")
+    )
+    + "}"
+)
 
 
 def parse_jobs(output: str) -> list[dict]:
@@ -116,9 +125,24 @@ def test_every_run_teacher_and_scorer_has_a_job(paper) -> None:
     jobs = by_rule(parse_jobs(out))
     runs = expected_runs(cfg)
     assert {(j["wildcards"]["run"], j["wildcards"]["seed"]) for j in jobs["train_run"]} == runs
-    assert {j["wildcards"]["task"] for j in jobs["train_teacher"]} == set(cfg["tasks"])
-    assert {j["wildcards"]["task"] for j in jobs["evaluate_teacher"]} == set(cfg["tasks"])
-    assert "fetch_teacher" not in jobs and "evaluate_pretrained_teacher" not in jobs
+    # stage 1 by default: the authors' published teachers, fetched once and evaluated
+    assert "train_teacher" not in jobs and "evaluate_teacher" not in jobs
+    assert {j["wildcards"]["task"] for j in jobs["fetch_teacher"]} == set(cfg["tasks"])
+    assert {j["wildcards"]["task"] for j in jobs["evaluate_pretrained_teacher"]} == set(
+        cfg["tasks"]
+    )
+    named = {t: s["teacher"]["pretrained"]["released"] for t, s in cfg["tasks"].items()}
+    assert {j["wildcards"]["adapter"] for j in jobs["fetch_released"]} == set(named.values())
+    for job in jobs["fetch_teacher"]:
+        name = named[job["wildcards"]["task"]]
+        assert f"results/paper/released/{name}/DONE" in job["input"]
+        assert f"python -m opd.data adapter results/paper/released/{name}/adapter" in job["shell"]
+    (geneval,) = [j for j in jobs["fetch_released"] if "geneval" in j["wildcards"]["adapter"]]
+    assert (
+        "python -m opd.data adapter quanhaol/DiffusionOPD --subfolder GenEvalTeacher/lora"
+        " --revision main --out results/paper/released/opd_geneval_teacher/adapter"
+        in geneval["shell"]
+    )
 
     services = {j["wildcards"]["scorer"] for j in jobs["scorer_service"]}
     local = {j["wildcards"]["scorer"] for j in jobs["scorer_ready"]}
@@ -160,18 +184,29 @@ def test_gpu_resources_and_gates(paper) -> None:
             assert gpus(job) == (eval_gpu if device.startswith("cuda") else 0), job
         else:  # fetches, probes, tables and figures: no GPU
             assert gpus(job) == 0, job
-    # the reward scorers of a teacher's task gate its training
-    teachers = {j["wildcards"]["task"]: j for j in jobs if j["rule"] == "train_teacher"}
-    text = teachers["text"]
-    assert {ok_file(cfg, n) for n in cfg["tasks"]["text"]["reward"]} <= set(text["input"])
     # the GPU rules run in the training image under --sdm apptainer
     assert "Singularity image docker://opd-train:latest will be pulled." in out
 
 
+def test_training_the_teachers_stays_an_option(tmp_path) -> None:
+    out = paper_dry_run(tmp_path, TRAIN_TEACHERS)
+    cfg = load_config("paper")
+    jobs = by_rule(parse_jobs(out))
+    assert {j["wildcards"]["task"] for j in jobs["train_teacher"]} == set(cfg["tasks"])
+    assert {j["wildcards"]["task"] for j in jobs["evaluate_teacher"]} == set(cfg["tasks"])
+    assert not {"fetch_teacher", "fetch_released", "evaluate_pretrained_teacher"} & set(jobs)
+    assert all(gpus(j) == int(cfg["resources"]["gpu"]) for j in jobs["train_teacher"])
+    # the reward scorers of a teacher's task gate its training
+    (text,) = [j for j in jobs["train_teacher"] if j["wildcards"]["task"] == "text"]
+    assert {ok_file(cfg, n) for n in cfg["tasks"]["text"]["reward"]} <= set(text["input"])
+
+
 def test_a_pretrained_teacher_is_fetched_and_evaluated_as_its_adapter(tmp_path) -> None:
+    trained = "{teacher: {pretrained: null}}"  # the other two trained
     out = paper_dry_run(
         tmp_path,
-        f"tasks={{text: {{teacher: {{pretrained: {PRETRAINED}}}}}}}",
+        f"tasks={{text: {{teacher: {{pretrained: {PRETRAINED}}}}}, composition: {trained},"
+        f" aesthetics: {trained}}}",
         "resources={eval_gpu: 2}",
         f"containers={{train_image: '{IMAGE}'}}",
     )
