@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -68,6 +69,17 @@ def _rows(run: str, seed: int, results: list[dict[str, Any]]) -> list[dict[str, 
     ]
 
 
+def project_root(results: Path, relative: str) -> Path:
+    """The folder a run's relative paths start from: ``results`` less the config's
+    ``paths.results`` (e.g. ``/tmp/clone`` for ``/tmp/clone/results/mini``)."""
+    rel = Path(relative)
+    if rel.is_absolute():
+        return Path("/")
+    if results.parts[-len(rel.parts) :] != rel.parts:
+        raise SystemExit(f"{results} does not end with the config's paths.results {relative!r}")
+    return results.parents[len(rel.parts) - 1]
+
+
 def main() -> None:
     import pandas as pd
     import torch
@@ -81,8 +93,13 @@ def main() -> None:
 
     args = _parse()
     torch.set_num_threads(args.jobs)
+    args.results, args.out = args.results.resolve(), args.out.resolve()
+    args.work = args.work.resolve() if args.work else None
     config = args.results / "config.yaml"
     cfg = load_resolved(config, ["progress=false"])
+    # The resolved config's paths are relative to the run's project folder, not to ours: a
+    # base found from here would be another run's (a stale results/ in this checkout).
+    os.chdir(project_root(args.results, cfg["paths"]["results"]))
     tasks = list(cfg["tasks"])
     work = args.work or args.results / f"teacher_seed{args.train_seed}"
     t0 = time.time()
