@@ -76,18 +76,11 @@ class ODESampler:
         return StepOutput(mean, mean, std, None), None
 
 
-@SAMPLERS.register("flow_sde")
-@dataclass
-class FlowSDESampler:
-    """Flow-GRPO SDE sampler with noise level ``a`` (:func:`sde_step`); ``a = 0`` is the ODE."""
+class _OneStepSDE:
+    """The step of the one-step SDE samplers: their ``kernel`` at ``noise_level``, no state."""
 
-    noise_level: float = 0.7
-    name: str = field(default="flow_sde", init=False)
-    multistep: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        if self.noise_level < 0:
-            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+    kernel: Any
+    noise_level: float
 
     @property
     def stochastic(self) -> bool:
@@ -104,13 +97,29 @@ class FlowSDESampler:
         prev_sample: Tensor | None = None,
         state: Any = None,
     ) -> tuple[StepOutput, Any]:
-        out = sde_step(x, v, t, t_next, self.noise_level, noise=noise, prev_sample=prev_sample)
+        out = self.kernel(x, v, t, t_next, self.noise_level, noise=noise, prev_sample=prev_sample)
         return out, None
+
+
+@SAMPLERS.register("flow_sde")
+@dataclass
+class FlowSDESampler(_OneStepSDE):
+    """Flow-GRPO SDE sampler with noise level ``a`` (:func:`sde_step`); ``a = 0`` is the ODE."""
+
+    noise_level: float = 0.7
+    name: str = field(default="flow_sde", init=False)
+    multistep: bool = field(default=False, init=False)
+
+    kernel = staticmethod(sde_step)
+
+    def __post_init__(self) -> None:
+        if self.noise_level < 0:
+            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
 
 
 @SAMPLERS.register("dance_sde")
 @dataclass
-class DanceSDESampler:
+class DanceSDESampler(_OneStepSDE):
     """DanceGRPO SDE sampler (:func:`dance_sde_step`); ``noise_level`` is ``eta``."""
 
     eta: float = 0.3
@@ -121,27 +130,11 @@ class DanceSDESampler:
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
+    kernel = staticmethod(dance_sde_step)
+
     @property
     def noise_level(self) -> float:
         return self.eta
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
-
-    def step(
-        self,
-        x: Tensor,
-        v: Tensor,
-        t: TimeLike,
-        t_next: TimeLike,
-        *,
-        noise: Tensor | None = None,
-        prev_sample: Tensor | None = None,
-        state: Any = None,
-    ) -> tuple[StepOutput, Any]:
-        out = dance_sde_step(x, v, t, t_next, self.eta, noise=noise, prev_sample=prev_sample)
-        return out, None
 
 
 @SAMPLERS.register("dpm2m")
