@@ -399,6 +399,7 @@ def retention_figure(
             ax.axhline(float(b.mean()), color="0.5", lw=1.0, linestyle=":", label="base + CFG")
         ax.set_title(f"{col} ({task} prompts)")
         ax.set_xlabel("training compute (model evaluations)")
+        _count_ticks(ax)
         ax.set_ylabel(col)
         if not ax.has_data():
             ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
@@ -544,6 +545,7 @@ def recovery_figure(curves: Any) -> Figure:
         state = "" if g.gained else ", did not gain"
         ax.set_title(f"{task}: teacher {_num(g.fraction)} ± {_num(g.se, 2)}{state}", fontsize=9)
         ax.set_xlabel(f"training model evaluations ({curves.method}: incl. the teachers')")
+        _count_ticks(ax)
         if sub.empty:
             ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
     if not tasks:
@@ -552,6 +554,21 @@ def recovery_figure(curves: Any) -> Figure:
     axes[0][0].set_ylabel("fraction of headroom (capped, reward-weighted)")
     _side_legend(fig, axes)
     return fig
+
+
+def _count(x: float) -> str:
+    """A tick label for a count: 0, 950, 200k, 1.2M (six-digit ticks collide otherwise)."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.4g}{suffix}"
+    return f"{x:.4g}"
+
+
+def _count_ticks(ax: Any) -> None:
+    """Label the x axis's ticks as `_count` does."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _count(x)))
 
 
 def _evals(x: float) -> str:

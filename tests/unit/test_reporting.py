@@ -339,3 +339,11 @@ def test_a_metric_with_equal_floor_and_ceiling_is_left_out_of_the_average():
     without = _row(make_tables(metrics, CFG, INFO)["table1"], "opd")["average_mean"]
     assert with_m3 == pytest.approx(without)
     assert "degenerate, left out of the Average" in "\n".join(bounds_lines(tables["table1"]))
+
+
+def test_count_tick_labels_stay_short() -> None:
+    """Six-digit model-evaluation ticks ran into each other; they read as k and M now."""
+    from opd.analysis.plots import _count
+
+    labels = [_count(x) for x in (0, 950, 200_000, 759_808, 1_200_000, -50_000)]
+    assert labels == ["0", "950", "200k", "759.8k", "1.2M", "-50k"]
