@@ -11,7 +11,10 @@ parallel efficiency (CPU-seconds of all jobs / cores x wall): by default
 Warm-started jobs (``opd.warmstart``) run in a worker forked from the warm server, which
 Snakemake's sampler does not see: their CPU time and peak memory come from the server's ledger
 ``benchmarks/<profile>/warm_jobs.jsonl`` (matched by log path), and the jobs that have a log but
-no ``benchmark:`` file (tables, figures, collection) are counted from the ledger alone.
+no ``benchmark:`` file (tables, figures, collection) are counted from the ledger alone. The
+ledger also holds each warm job's seconds inside model calls (`opd.calltime`: transformer
+forwards with and without gradient, backwards, scorers, scorer training); the JSON sums them per
+rule and the table shows the model calls' share of the rule's CPU seconds.
 """
 
 from __future__ import annotations
@@ -42,18 +45,27 @@ def warm_ledger(profile: str) -> dict[str, dict]:
 
 def collect(profile: str) -> dict[str, dict[str, float]]:
     rules: dict[str, dict[str, float]] = defaultdict(
-        lambda: {"jobs": 0, "warm_jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0}
+        lambda: {
+            "jobs": 0,
+            "warm_jobs": 0,
+            "wall_s": 0.0,
+            "cpu_s": 0.0,
+            "max_rss_mb": 0.0,
+            "sections_s": defaultdict(float),
+        }
     )
     base = ROOT / profile
     warm = warm_ledger(profile)
 
-    def add(rule: str, wall: float, cpu: float, rss: float, warm_started: bool) -> None:
+    def add(rule: str, wall: float, cpu: float, rss: float, record: dict | None) -> None:
         r = rules[rule]
         r["jobs"] += 1
-        r["warm_jobs"] += int(warm_started)
+        r["warm_jobs"] += int(record is not None)
         r["wall_s"] += wall
         r["cpu_s"] += cpu
         r["max_rss_mb"] = max(r["max_rss_mb"], rss)
+        for name, seconds in (record or {}).get("sections", {}).get("seconds", {}).items():
+            r["sections_s"][name] += float(seconds)
 
     for path in sorted(base.rglob("*.tsv")):
         job = str(path.relative_to(base).with_suffix(""))
@@ -66,9 +78,12 @@ def collect(profile: str) -> dict[str, dict[str, float]]:
                     cpu = float(row.get("cpu_time") or 0.0)
                     value = row.get("max_rss")
                     rss = float(value) if value not in (None, "", "NA", "-") else 0.0
-                add(job.split("/")[0], float(row["s"]), cpu, rss, record is not None)
+                add(job.split("/")[0], float(row["s"]), cpu, rss, record)
     for job, record in sorted(warm.items()):  # jobs without a benchmark file
-        add(job.split("/")[0], record["wall_s"], record["cpu_s"], record["max_rss_mb"], True)
+        add(job.split("/")[0], record["wall_s"], record["cpu_s"], record["max_rss_mb"], record)
+    for r in rules.values():
+        r["sections_s"] = {k: round(v, 1) for k, v in sorted(r["sections_s"].items())}
+        r["model_s"] = round(sum(r["sections_s"].values()), 1)
     return dict(rules)
 
 
@@ -93,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules": rules,
         "sum_job_wall_s": round(total_wall, 1),
         "sum_job_cpu_s": round(total_cpu, 1),
+        "sum_job_model_s": round(sum(r["model_s"] for r in rules.values()), 1),
         "max_rss_mb": max((r["max_rss_mb"] for r in rules.values()), default=0.0),
     }
     if args.wall:
@@ -101,13 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out or ROOT.parent / "results" / args.profile / "workflow_rules.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{'rule':16s} {'jobs':>5s} {'warm':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}")
+    head = f"{'rule':16s} {'jobs':>5s} {'warm':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}"
+    print(head + f" {'model s':>9s} {'model %':>8s}")
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall_s"]):
+        share = 100 * r["model_s"] / r["cpu_s"] if r["cpu_s"] else 0.0
         print(
             f"{name:16s} {r['jobs']:5d} {r['warm_jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f}"
-            f" {r['max_rss_mb']:9.1f}"
+            f" {r['max_rss_mb']:9.1f} {r['model_s']:9.1f} {share:7.0f}%"
         )
-    print(f"{'all jobs':16s} {'':11s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}")
+    total_model = out["sum_job_model_s"]
+    share = 100 * total_model / total_cpu if total_cpu else 0.0
+    print(
+        f"{'all jobs':16s} {'':11s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}"
+        f" {total_model:9.1f} {share:7.0f}%"
+    )
     return 0
 
 

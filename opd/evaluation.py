@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from opd import calltime
 from opd.config import ConfigError, build_dataclass, resolve_method
 from opd.faults import maybe_fail
 from opd.models import PromptEmbeds
@@ -248,7 +249,8 @@ class Evaluator:
                     if spec["task"] != task:
                         continue
                     scorer = self.scorers[column]
-                    scores = np.asarray(scorer(images, prompts, meta), dtype=np.float64)
+                    with calltime.timed("score"):
+                        scores = np.asarray(scorer(images, prompts, meta), dtype=np.float64)
                     if not np.all(np.isfinite(scores)):
                         raise FloatingPointError(
                             f"scorer {spec['scorer']!r} (column {column!r}, task {task!r}) "

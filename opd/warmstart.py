@@ -5,12 +5,13 @@ diffusers' SD3 transformer takes about 8 s on the mini machine: most of a smoke 
 sixth of the mini one. When the workflow runs locally, Snakemake's ``onstart`` hook starts
 :func:`serve` (``python -m opd.warmstart serve``), which imports them once and listens on a Unix
 socket named by ``$OPD_WARM_SOCKET``. ``opd`` then hands its command line, working directory,
-environment and standard streams (the job's log) to the server; the server forks a worker that
-runs the command exactly as the cold process would and sends back its exit status and resource
-usage (also appended to a ledger, so that the per-rule benchmark sees the worker's CPU time and
-memory and not only the client's). Signals to the client reach the worker; a client that dies
-takes its worker with it. Whatever is off (no server, another interpreter, an environment
-variable read at import time that differs from the server's) falls back to the cold start.
+environment and standard streams (the job's log) to the server; the server forks a worker that runs
+the command exactly as the cold process would and sends back its exit status and resource usage
+(also appended to a ledger, so that the per-rule benchmark sees the worker's CPU time, memory and
+seconds inside model calls, `opd.calltime`, and not only the client's). Signals to the client reach
+the worker; a client that dies takes its worker with it. Whatever is off (no server, another
+interpreter, an environment variable read at import time that differs from the server's) falls back
+to the cold start.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ PRELOAD = (
     "matplotlib.pyplot",
     "seaborn",
     "opd.cli",
+    "opd.calltime",  # every worker reports its model-call seconds, zeros included
 )
 PID_FILE = "server.pid"  # next to the socket while the server runs
 STARTUP_WAIT_S = 60.0
@@ -253,6 +255,9 @@ def _worker(conn: socket.socket, request: dict[str, Any], fds: list[int], ledger
             usage = _usage(started)
             if ledger:
                 record = {"log": _log_path(), "argv": request["argv"], "rc": rc, **usage}
+                timing = sys.modules.get("opd.calltime")
+                if timing is not None:  # seconds inside model calls, per section
+                    record["sections"] = timing.snapshot()
                 with open(ledger, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             _send(conn, {"rc": rc, "usage": usage})

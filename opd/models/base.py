@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from opd import calltime
 from opd.models import lora as L
 from opd.models.lora import BASE, DEFAULT_TARGETS
 from opd.models.prompts import ClipPromptEncoder, PromptEmbeds, PromptEncoder
@@ -197,13 +198,14 @@ class FlowModel(nn.Module):
     # ---------------------------------------------------------------- velocity
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds) -> Tensor:
         dtype = self.dtype
-        out = self.transformer(
-            hidden_states=x.to(dtype),
-            encoder_hidden_states=embeds.hidden.to(device=x.device, dtype=dtype),
-            pooled_projections=embeds.pooled.to(device=x.device, dtype=dtype),
-            timestep=(t * 1000.0).to(dtype),
-            return_dict=False,
-        )[0]
+        with calltime.timed("forward_grad" if torch.is_grad_enabled() else "forward"):
+            out = self.transformer(
+                hidden_states=x.to(dtype),
+                encoder_hidden_states=embeds.hidden.to(device=x.device, dtype=dtype),
+                pooled_projections=embeds.pooled.to(device=x.device, dtype=dtype),
+                timestep=(t * 1000.0).to(dtype),
+                return_dict=False,
+            )[0]
         if self.counter is not None:  # a CFG call's rows are both halves of its batch
             self.counter.forward(x.shape[0], grad=out.requires_grad)
         return out.to(x.dtype)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from opd import calltime
 from opd.rewards.learned import (
     ArchConfig,
     ContrastiveModel,
@@ -537,9 +538,10 @@ def train_preference_scorer(
     else:
         data = relabel(train_pairs, utility, world)
     t1 = time.perf_counter()
-    model, vocab, losses = fit_preference(
-        data, tcfg, seed + spec["seed_offset"], init=_load_clip(clip)
-    )
+    with calltime.timed("scorer_training"):
+        model, vocab, losses = fit_preference(
+            data, tcfg, seed + spec["seed_offset"], init=_load_clip(clip)
+        )
     t2 = time.perf_counter()
     held_seed = seed + HELDOUT_SEED_OFFSET + spec["seed_offset"]
     held_test = pair_data(_pairs(tcfg.n_heldout, held_seed, utility, world, "test"), True)
@@ -620,7 +622,8 @@ def train_clip_scorer(
     t0 = time.perf_counter()
     data = clip_captions(tcfg.n_train, seed, world)
     t1 = time.perf_counter()
-    model, vocab, losses = fit_contrastive(data, tcfg, seed + CLIP_SEED_OFFSET)
+    with calltime.timed("scorer_training"):
+        model, vocab, losses = fit_contrastive(data, tcfg, seed + CLIP_SEED_OFFSET)
     t2 = time.perf_counter()
     held_seed = seed + HELDOUT_SEED_OFFSET + CLIP_SEED_OFFSET
     held = clip_captions(tcfg.n_heldout, held_seed, world, prompt_mix={})

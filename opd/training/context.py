@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from opd import calltime
 from opd.data import load_prompt_file
 from opd.models import FlowModel
 from opd.models.base import set_ff_gelu
@@ -63,7 +64,8 @@ class WeightedReward:
         """Each scorer's (N,) float64 values; a non-finite value raises, naming the scorer."""
         out = {}
         for name, scorer in self.scorers.items():
-            values = np.asarray(scorer(images, prompts, metadata), dtype=np.float64)
+            with calltime.timed("score"):
+                values = np.asarray(scorer(images, prompts, metadata), dtype=np.float64)
             if not np.all(np.isfinite(values)):
                 raise FloatingPointError(f"reward {name!r} returned non-finite scores")
             out[name] = values

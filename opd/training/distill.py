@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from opd import calltime
 from opd import objectives as obj
 from opd.registry import METHODS
 from opd.sampling import gaussian_log_prob, sde_step
@@ -95,7 +96,8 @@ class DiffusionOPD(Method):
                 loss = self.per_step_loss(out_s, out_t.mean, out_s.std, out_t.log_prob)
                 # each step's batch mean, as one call per step weighs it, then summed
                 loss = loss.reshape(c, n).mean(1).sum() / len(self.task_names)
-                loss.backward()
+                with calltime.timed("backward"):
+                    loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/loss"] = total
         return logs
@@ -167,7 +169,8 @@ class SFTDistill(Method):
                 v = model.velocity(xt, t, batch.embeds, guidance_scale=1.0, adapter=STUDENT)
                 loss = ((v - (eps - x0)) ** 2).flatten(1).mean(1).mean()
                 loss = loss / (cfg.noisings * len(self.task_names))
-                loss.backward()
+                with calltime.timed("backward"):
+                    loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/loss"] = total
         return logs

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from opd import calltime
 from opd.config import config_hash
 from opd.models.base import images_to_unit
 from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
@@ -179,7 +180,8 @@ def pretrain_base(
         v = model.velocity(xt, t, embeds, adapter="base")
         loss = ((v - (eps - x0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with calltime.timed("backward"):
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()

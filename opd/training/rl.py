@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from opd import calltime
 from opd import objectives as obj
 from opd.models import PromptEmbeds
 from opd.registry import METHODS
@@ -168,7 +169,8 @@ class FlowGRPO(_RLMethod):
                     loss = loss + cfg.beta * kl
                     kl_total += float(kl.detach().mean())
                 loss = kept_mean(loss, kept, divisor) / (len(trained) * len(tasks))
-                loss.backward()
+                with calltime.timed("backward"):
+                    loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total
@@ -244,7 +246,8 @@ class DiffusionNFT(_RLMethod):
                 loss = sum(
                     kept_mean(loss[i * n : (i + 1) * n], kept, divisor) for i in range(c)
                 ) / (count * len(tasks))
-                loss.backward()
+                with calltime.timed("backward"):
+                    loss.backward()
                 total += float(loss.detach())
             logs[f"{task}/reward"] = float(np.mean(batch.rewards))
             logs[f"{task}/loss"] = total

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from opd import calltime
 from opd.warmstart import SOCKET_ENV, start_server
 
 OPD = shutil.which("opd") or str(Path(sys.executable).with_name("opd"))
@@ -105,6 +106,7 @@ def test_warm_job_computes_the_same_bytes_in_its_own_directory_and_logs_usage(se
     entry = ledger_entries(ledger)[-1]
     assert entry["log"] == str(tmp_path / "warm" / "job.log") and entry["rc"] == 0
     assert entry["cpu_s"] > 0 and entry["max_rss_mb"] > 0 and entry["wall_s"] > 0
+    assert set(entry["sections"]["seconds"]) == set(calltime.SECTIONS)  # model-call seconds
 
 
 def _worker_of(srv, timeout=60.0) -> psutil.Process:

@@ -31,7 +31,8 @@ HEAVY = frozenset(
 LAYERS: tuple[tuple[str, str], ...] = (
     (
         "core",
-        r"opd|opd\.(registry|config|released|manifest|faults|training\.options)|baselines\._configs",
+        r"opd|opd\.(registry|config|released|manifest|faults|calltime|training\.options)"
+        r"|baselines\._configs",
     ),
     ("foundations", r"opd\.(sampling(\..+)?|data|models(\..+)?|worlds(\..+)?)"),
     ("scoring", r"opd\.(objectives|rewards(\..+)?)"),

@@ -41,3 +41,30 @@ def test_default_output_is_beside_the_run_and_sums_per_rule(tmp_path: Path, monk
     kept = tmp_path / "kept.json"
     assert workflow_rules.main(["--profile", "mini", "--out", str(kept)]) == 0
     assert json.loads(kept.read_text())["sum_job_cpu_s"] == 674.5
+
+
+def test_model_call_seconds_come_from_the_warm_ledger(tmp_path: Path, monkeypatch) -> None:
+    bench = tmp_path / "benchmarks"
+    _bench(bench / "mini/runs/opd/0.tsv", 100.0, 500.0, 1.0)  # a warm job: the client's CPU
+    _bench(bench / "mini/runs/nft/0.tsv", 50.0, 400.0, 1.0)
+    _bench(bench / "mini/evals/base.tsv", 10.0, 300.0, 9.0)  # a cold job: no sections
+    logs = tmp_path / "logs/mini"
+    sections = [
+        {"forward": 20.0, "forward_grad": 30.0, "backward": 25.0, "score": 0.0},
+        {"forward": 5.0, "forward_grad": 10.0, "backward": 10.0, "score": 2.0},
+    ]
+    with (bench / "mini/warm_jobs.jsonl").open("w") as fh:
+        jobs = (("runs/opd/0", sections[0], 98.0), ("runs/nft/0", sections[1], 49.0))
+        for job, secs, cpu in jobs:
+            record = {"log": str(logs / f"{job}.log"), "wall_s": 1, "cpu_s": cpu, "max_rss_mb": 1}
+            fh.write(json.dumps({**record, "sections": {"seconds": secs, "calls": {}}}) + "\n")
+    monkeypatch.setattr(workflow_rules, "ROOT", bench)
+    out_path = tmp_path / "rules.json"
+    assert workflow_rules.main(["--profile", "mini", "--out", str(out_path)]) == 0
+    out = json.loads(out_path.read_text())
+    runs = out["rules"]["runs"]
+    assert runs["cpu_s"] == 147.0 and runs["warm_jobs"] == 2
+    expected = {"backward": 35.0, "forward": 25.0, "forward_grad": 40.0, "score": 2.0}
+    assert runs["sections_s"] == expected
+    assert runs["model_s"] == 102.0
+    assert out["rules"]["evals"]["model_s"] == 0.0 and out["sum_job_model_s"] == 102.0
