@@ -29,6 +29,9 @@ process on one thread (``torch.set_num_threads(1)``), and every time is that thr
 5. **Feed-forward GELU**: the bare student call with SD3's tanh GELU against the exact (erf)
    form (``model.ff_gelu`` at run time, ``model.tiny.ff_gelu`` from pretraining on), same
    weights, alternating.
+6. **torch.compile**: the bare student call with the whole transformer compiled (inductor)
+   against eager, same weights, alternating; what the first calls spend compiling, and how far
+   the velocity moves.
 
 Model weights are random (a fresh base model of the profile's shape, random LoRA teachers,
 learned scorers trained for one step): costs do not depend on the weights' values. ``--quick``
@@ -472,12 +475,42 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return min(_clock(fn, None) for _ in range(max(repeats, 1)))
 
 
+def _versus(
+    fn: Callable[[], Any],
+    forms: dict[str, Callable[[], None]],
+    repeats: int,
+    *,
+    warm_up: bool,
+) -> dict[str, float]:
+    """``fn`` timed under two forms (each set up by its callable), alternating for twice
+    ``repeats`` pairs: each form's best seconds (``<form>_s``), the second's best over the
+    first's (``ratio``) and the median of the per-pair ratios (``ratio_median``)."""
+    (a, set_a), (b, set_b) = forms.items()
+    if warm_up:
+        for setup in (set_a, set_b):
+            setup()
+            fn()
+    times: dict[str, list[float]] = {a: [], b: []}
+    for _ in range(max(2 * repeats, 2)):
+        for name, setup in ((a, set_a), (b, set_b)):
+            setup()
+            times[name].append(_clock(fn, None))
+    pairs = [y / x for x, y in zip(times[a], times[b], strict=True)]
+    return {
+        f"{a}_s": min(times[a]),
+        f"{b}_s": min(times[b]),
+        "ratio": min(times[b]) / min(times[a]),
+        "ratio_median": statistics.median(pairs),
+    }
+
+
 def _student_call(
     bench: Bench, batch: int
 ) -> tuple[Any, float, Callable[[bool, bool], Callable[[], torch.Tensor]]]:
-    """The OPD context's model, its CFG scale and ``call(grad, autocast)``: a function making
-    one bare student call (CFG batch of ``batch`` prompts; ``grad``: + backward of the sum;
-    ``autocast``: under bf16 autocast) that returns the detached velocity."""
+    """The OPD context's model, its CFG scale and ``call(grad, autocast, adapter)``: a function
+    making one bare student call (CFG batch of ``batch`` prompts; ``grad``: + backward of the
+    sum; ``autocast``: under bf16 autocast; ``adapter``: another adapter active instead) that
+    returns the detached velocity."""
     ctx, _m = bench.method("opd")
     model = ctx.model
     task = next(iter(ctx.tasks))
@@ -486,13 +519,15 @@ def _student_call(
     x = torch.randn(model.latent_shape(batch), generator=torch.Generator().manual_seed(0))
     g = float(bench.profile["sampling"]["guidance"])
 
-    def call(grad: bool, autocast: bool = False) -> Callable[[], torch.Tensor]:
+    def call(
+        grad: bool, autocast: bool = False, adapter: str = STUDENT
+    ) -> Callable[[], torch.Tensor]:
         def fn() -> torch.Tensor:
             with (
                 torch.set_grad_enabled(grad),
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
             ):
-                v = model.velocity(x, 0.5, embeds, guidance_scale=g, adapter=STUDENT)
+                v = model.velocity(x, 0.5, embeds, guidance_scale=g, adapter=adapter)
                 if grad:
                     v.float().sum().backward()
             return v.detach()
@@ -534,23 +569,9 @@ def measure_gelu(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
     profile_form = mcfg.get("ff_gelu") or mcfg.get("tiny", {}).get("ff_gelu", "tanh")
     out: dict[str, Any] = {"batch": batch, "guidance": g}
     try:
+        forms = {m: (lambda m=m: set_ff_gelu(model.transformer, m)) for m in ("tanh", "exact")}
         for label, grad in (("forward", False), ("forward_backward", True)):
-            fn = call(grad)
-            times: dict[str, list[float]] = {"tanh": [], "exact": []}
-            for mode in ("tanh", "exact"):
-                set_ff_gelu(model.transformer, mode)
-                fn()  # warm-up
-            for _ in range(max(2 * repeats, 2)):
-                for mode in ("tanh", "exact"):
-                    set_ff_gelu(model.transformer, mode)
-                    times[mode].append(_clock(fn, None))
-            pairs = [e / t for t, e in zip(times["tanh"], times["exact"], strict=True)]
-            out[label] = {
-                "tanh_s": min(times["tanh"]),
-                "exact_s": min(times["exact"]),
-                "ratio": min(times["exact"]) / min(times["tanh"]),
-                "ratio_median": statistics.median(pairs),
-            }
+            out[label] = _versus(call(grad), forms, repeats, warm_up=True)
         set_ff_gelu(model.transformer, "tanh")
         v_tanh = call(False)()
         set_ff_gelu(model.transformer, "exact")
@@ -563,9 +584,59 @@ def measure_gelu(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# the transformer through torch.compile
+# --------------------------------------------------------------------------------------------
+def measure_compile(bench: Bench, batch: int, repeats: int) -> dict[str, Any]:
+    """Bare student call (forward; forward + backward, CFG batch) eager and with the whole
+    transformer through ``torch.compile`` (inductor), same weights, alternating after a warm-up;
+    the seconds of each first compiled call (compilation: the student forward, the same forward
+    with the base active, which recompiles, then forward + backward); and how far each velocity
+    lies from the same call in float64 (a copy of the transformer), relative to its scale, so
+    that the compiled call's rounding is judged against eager float32's own. The eager module is
+    restored afterwards."""
+    import copy
+
+    model, g, call = _student_call(bench, batch)
+    eager = model.transformer
+    v_eager = call(False)()
+    with model.use_adapter(STUDENT):  # the copy keeps the student active; no switch below
+        model.transformer = copy.deepcopy(eager).double()
+        try:
+            v_exact = call(False)()
+        finally:
+            model.transformer = eager
+    scale = v_exact.std()
+    compiled = torch.compile(eager)
+    out: dict[str, Any] = {"batch": batch, "guidance": g, "compile_s": {}}
+    try:
+        model.transformer = compiled
+        for label, first in (
+            ("forward", call(False)),
+            ("forward_other_adapter", call(False, adapter="base")),
+            ("forward_backward", call(True)),
+        ):
+            t0 = time.perf_counter()
+            first()
+            out["compile_s"][label] = time.perf_counter() - t0
+        v_compiled = call(False)()
+        out["max_abs_change_over_std"] = float((v_compiled - v_eager).abs().max() / scale)
+        out["eager_error_over_std"] = float((v_eager - v_exact).abs().max() / scale)
+        out["compiled_error_over_std"] = float((v_compiled - v_exact).abs().max() / scale)
+        modules = {"eager": eager, "compiled": compiled}
+        forms = {k: (lambda k=k: setattr(model, "transformer", modules[k])) for k in modules}
+        for label, grad in (("forward", False), ("forward_backward", True)):
+            out[label] = _versus(call(grad), forms, repeats, warm_up=False)
+    finally:
+        model.transformer = eager
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # the whole benchmark
 # --------------------------------------------------------------------------------------------
-SECTIONS = ("rollout", "steps", "comparison", "scaling", "bf16", "gelu")
+SECTIONS = ("rollout", "steps", "comparison", "scaling", "bf16", "gelu", "compile")
+#: What runs without ``--sections``: compiling costs a minute, so it runs only when asked.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 
 def run_benchmark(
@@ -573,7 +644,7 @@ def run_benchmark(
     repeats: int,
     quick: bool,
     log: Callable[[str], None],
-    sections: Sequence[str] = SECTIONS,
+    sections: Sequence[str] = DEFAULT_SECTIONS,
 ) -> dict[str, Any]:
     """The measurements of the module docstring (``sections`` of them); JSON-ready results."""
     from diffusers.utils import logging as diffusers_logging
@@ -673,6 +744,8 @@ def run_benchmark(
             res["bf16"] = measure_bf16(bench, rl_batch, repeats)
         if "gelu" in sections:
             res["gelu"] = measure_gelu(bench, rl_batch, repeats)
+        if "compile" in sections:
+            res["compile"] = measure_compile(bench, rl_batch, repeats)
         cache.clear()
 
     under_bar = [*res.get("rollout", [])]
@@ -685,7 +758,7 @@ def run_benchmark(
         command += f" --profile {profile}"
     if repeats != (1 if quick else DEFAULT_REPEATS):
         command += f" --repeats {repeats}"
-    if tuple(sections) != SECTIONS:
+    if tuple(sections) != DEFAULT_SECTIONS:
         command += " --sections " + ",".join(sections)
     meta = {
         "profile": profile,
@@ -785,6 +858,21 @@ def format_table(res: dict[str, Any]) -> str:
                 f"  {k:<20}{ge[k]['tanh_s'] * 1e3:>10.3f} ms{ge[k]['exact_s'] * 1e3:>10.3f} ms"
                 f"{ge[k]['ratio']:>8.2f}x (median pair {ge[k]['ratio_median']:.2f}x)"
             )
+    if "compile" in res:
+        co = res["compile"]
+        first = ", ".join(f"{k} {v:.1f} s" for k, v in co["compile_s"].items())
+        lines += [
+            "",
+            f"torch.compile / eager (student call, batch {co['batch']}; velocity change at most"
+            f" {co['max_abs_change_over_std']:.1e} of its std, error against float64"
+            f" {co['compiled_error_over_std']:.1e} compiled, {co['eager_error_over_std']:.1e}"
+            f" eager; first calls: {first}):",
+        ]
+        for k in ("forward", "forward_backward"):
+            lines.append(
+                f"  {k:<20}{co[k]['eager_s'] * 1e3:>10.3f} ms{co[k]['compiled_s'] * 1e3:>10.3f} ms"
+                f"{co[k]['ratio']:>8.2f}x (median pair {co[k]['ratio_median']:.2f}x)"
+            )
     return "\n".join(lines)
 
 
@@ -794,7 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed pairs per case")
     parser.add_argument("--quick", action="store_true", help="smoke profile, one repeat")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list of {', '.join(SECTIONS)}",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

@@ -87,3 +87,23 @@ def test_recorded_calls_match_the_formulas(bench_json: dict) -> None:
     rows = [*bench_json["rollout"], *bench_json["steps"], *bench_json["comparison"]["rows"]]
     rows += [r for axis in bench_json["scaling"].values() for r in axis]
     assert all(r["calls_match"] for r in rows), [r["name"] for r in rows if not r["calls_match"]]
+
+
+def test_compiled_transformer_gives_the_eager_velocity(tmp_path: Path) -> None:
+    """``--sections compile`` (not in the default run): against the same call in float64, the
+    compiled call is as accurate as eager float32 (within 4x of its error: both are float32
+    roundings, summed in different orders), and both timings are recorded."""
+    stdout, data = run_benchmark(
+        SCRIPT, ["--quick", "--sections", "compile"], tmp_path / "compile.json", timeout=600
+    )
+    assert "torch.compile / eager" in stdout and "rollout" not in data
+    co = data["compile"]
+    assert set(co["compile_s"]) == {"forward", "forward_other_adapter", "forward_backward"}
+    assert all(s > 0 for s in co["compile_s"].values())
+    assert 0 < co["eager_error_over_std"] < 1e-4  # float32 rounding, not a wrong computation
+    assert co["compiled_error_over_std"] <= 4 * co["eager_error_over_std"]
+    assert (
+        co["max_abs_change_over_std"] <= co["eager_error_over_std"] + co["compiled_error_over_std"]
+    )
+    for k in ("forward", "forward_backward"):
+        assert co[k]["eager_s"] > 0 and co[k]["compiled_s"] > 0
