@@ -70,16 +70,16 @@ def compiler_works() -> bool:
         return False
 
 
-def maybe_compile(module: torch.nn.Module, wanted: bool) -> bool:
+def maybe_compile(module: torch.nn.Module, wanted: bool, option: str = "base.compile") -> bool:
     """Compile ``module`` in place (its parameter names and state dict unchanged) when
-    ``wanted`` and the compiler works; warns and keeps eager mode when it does not. Returns
-    whether the module is compiled."""
+    ``wanted`` and the compiler works; warns, naming the config ``option``, and keeps eager
+    mode when it does not. Returns whether the module is compiled."""
     if not wanted:
         return False
     if not compiler_works():
         warnings.warn(
-            "base.compile: torch.compile cannot build kernels here (no C++ compiler?); "
-            "pretraining runs in eager mode, slower, with slightly different rounding",
+            f"{option}: torch.compile cannot build kernels here (no C++ compiler?); "
+            "the model runs in eager mode, slower, with slightly different rounding",
             RuntimeWarning,
             stacklevel=2,
         )
