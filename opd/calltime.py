@@ -7,10 +7,10 @@ halves and teachers included, without gradient), ``forward_grad`` (the same with
 ``score`` (the reward and benchmark scorers on decoded images) and ``scorer_training`` (the
 learned scorers' own training steps, their backward included). Everything a job does outside
 these sections (imports, loading, rendering, sampler arithmetic, optimizer steps, writing) is
-the rest. Jobs here run on the CPU, where a call's wall time is its compute; on a GPU the
-sections would need a synchronisation and are not used. The warm server writes a job's
-`snapshot` into its ledger, and ``benchmarks/workflow_rules.py`` sums them per rule. Sections do
-not nest: an inner `timed` block inside an outer one is not counted twice.
+the rest. On the CPU a call's wall time is its compute; on a GPU, without a synchronisation,
+it is mostly the kernels' launch, so the sections are a CPU measurement. The warm server
+writes a job's `snapshot` into its ledger, and ``benchmarks/workflow_rules.py`` sums them per
+rule. Sections do not nest: an inner `timed` block inside an outer one is not counted twice.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def timed(section: str) -> Iterator[None]:
         _depth -= 1
 
 
-def snapshot() -> dict[str, dict[str, float]]:
+def snapshot() -> dict[str, dict[str, float | int]]:
     """Seconds and call counts per section so far in this process."""
     return {
         "seconds": {k: round(v, 3) for k, v in _seconds.items()},
