@@ -5,7 +5,8 @@ embeddings, velocities with batched CFG, decode / encode, and named LoRA adapter
 `opd.models.prompts` holds the prompt encoders and their `PromptEmbeds`.
 `opd.models.tiny` builds the mini world's model and a tiny random SD3 pipeline locally;
 `opd.models.sd3` loads SD3.5-Medium through diffusers; `opd.models.lora` holds the adapter helpers
-(switching without peft's requires_grad side effects, peft-format files, exact LoRA merging).
+(switching without peft's requires_grad side effects, peft-format files, exact LoRA merging);
+`opd.models.compile` compiles a transformer in place, or keeps it eager where no compiler works.
 """
 
 from opd.models.base import FlowModel

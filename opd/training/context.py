@@ -20,11 +20,11 @@ from opd import calltime
 from opd.data import load_prompt_file
 from opd.models import FlowModel
 from opd.models.base import set_ff_gelu
+from opd.models.compile import maybe_compile
 from opd.registry import SCORERS
 from opd.rewards import get_scorer
 from opd.training.base import RunContext, TaskData, keyed_seed, run_guidance
 from opd.training.compute import ComputeCounter
-from opd.training.pretrain import maybe_compile
 from opd.worlds.mini import WorldConfig, prompt_set
 
 Reward = Callable[[np.ndarray, list[str], list[dict]], np.ndarray]

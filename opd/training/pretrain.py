@@ -11,7 +11,8 @@ learning-rate schedule, EMA, both random generators, losses); a later call with 
 ``state`` file resumes from it and gives the same weights as an unbroken run on the same thread
 count. The workflow uses this to run the first part beside scorer training on one thread each and
 the rest on both threads once scorer training has ended (``base.split``). With ``base.compile``
-the transformer is compiled in place (:func:`maybe_compile`; eager mode where no compiler works).
+the transformer is compiled in place (:func:`opd.models.compile.maybe_compile`; eager mode
+where no compiler works).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from opd import calltime
 from opd.config import config_hash
 from opd.models.base import images_to_unit
+from opd.models.compile import maybe_compile
 from opd.models.tiny import TinyModelConfig, build_tiny_flow_model
 from opd.training.base import keyed_seed
 from opd.worlds.mini import TASKS, WorldConfig, all_prompts, build_corpus
@@ -58,34 +59,6 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
         for name, p in model.named_parameters():
             if p.requires_grad:  # a frozen weight's average is itself (without rounding drift)
                 ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
-
-
-def compiler_works() -> bool:
-    """Whether ``torch.compile``'s default backend can build kernels on this machine (it needs a
-    C++ compiler on a CPU): a two-op function is compiled and run once."""
-    try:
-        x = torch.linspace(0, 1, 8)
-        return bool(torch.allclose(torch.compile(lambda t: t.sin() + 1)(x), x.sin() + 1))
-    except Exception:  # any backend failure means "fall back to eager"
-        return False
-
-
-def maybe_compile(module: torch.nn.Module, wanted: bool, option: str = "base.compile") -> bool:
-    """Compile ``module`` in place (its parameter names and state dict unchanged) when
-    ``wanted`` and the compiler works; warns, naming the config ``option``, and keeps eager
-    mode when it does not. Returns whether the module is compiled."""
-    if not wanted:
-        return False
-    if not compiler_works():
-        warnings.warn(
-            f"{option}: torch.compile cannot build kernels here (no C++ compiler?); "
-            "the model runs in eager mode, slower, with slightly different rounding",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
-    module.compile(dynamic=False)
-    return True
 
 
 def _state_key(profile: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ def test_model_compile_loads_a_compiled_base_as_accurate_as_the_eager_one(smoke_
     """``model.compile``: every job's base runs through torch.compile; against the same CFG
     call in float64, its velocity is as close as the eager float32 one (within 4x: both are
     float32 roundings, summed in another order), with the student adapter switched on."""
+    from opd.models.compile import compiler_works
     from opd.training.context import load_base_model
-    from opd.training.pretrain import compiler_works
 
     if not compiler_works():
         pytest.skip("torch.compile cannot build kernels on this machine")

@@ -91,7 +91,7 @@ def test_a_state_saved_under_another_config_is_refused(six_steps, tmp_path):
 def test_compiled_pretraining_resumes_like_an_unbroken_run(six_steps, tmp_path):
     """``base.compile``: the split jobs of a compiled run give the compiled unbroken run's
     weights, saved under the plain parameter names, and the run says it was compiled."""
-    from opd.training.pretrain import compiler_works
+    from opd.models.compile import compiler_works
 
     if not compiler_works():
         pytest.skip("torch.compile cannot build kernels on this machine")
@@ -109,20 +109,20 @@ def test_compiled_pretraining_resumes_like_an_unbroken_run(six_steps, tmp_path):
 
 
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    from opd.training import pretrain
+    from opd.models import compile as compiling
 
     layer = torch.nn.Linear(3, 2)
-    assert pretrain.maybe_compile(layer, False) is False
-    monkeypatch.setattr(pretrain, "compiler_works", lambda: False)
+    assert compiling.maybe_compile(layer, False) is False
+    monkeypatch.setattr(compiling, "compiler_works", lambda: False)
     with pytest.warns(RuntimeWarning, match="eager mode"):
-        assert pretrain.maybe_compile(layer, True) is False
+        assert compiling.maybe_compile(layer, True) is False
     assert getattr(layer, "_compiled_call_impl", None) is None
 
 
 def test_a_compiled_module_computes_what_the_eager_one_does():
     """Against a float64 evaluation of the same layer: the compiled float32 output is as close
     to it as the eager float32 output is (kernel fusion changes rounding, nothing else)."""
-    from opd.training.pretrain import compiler_works, maybe_compile
+    from opd.models.compile import compiler_works, maybe_compile
 
     if not compiler_works():
         pytest.skip("torch.compile cannot build kernels on this machine")
