@@ -1,6 +1,7 @@
 """Summarise Snakemake's per-rule ``benchmark:`` files of one profile into JSON and a table.
 
-Usage: ``python benchmarks/workflow_rules.py --profile mini [--wall SECONDS] [--out PATH]``.
+Usage: ``python benchmarks/workflow_rules.py --profile mini [--wall SECONDS] [--out PATH]
+[--depth 2] [--before OLD.json]``.
 Reads every ``benchmarks/<profile>/**/*.tsv`` that the workflow wrote (one per job: wall seconds,
 peak RSS, CPU time), groups them by rule (the first folder under the profile), and writes a JSON
 with per-rule totals, the largest peak memory and, when the whole run's wall time is given, the
@@ -15,6 +16,10 @@ no ``benchmark:`` file (tables, figures, collection) are counted from the ledger
 ledger also holds each warm job's seconds inside model calls (`opd.calltime`: transformer
 forwards with and without gradient, backwards, scorers, scorer training); the JSON sums them per
 rule and the table shows the model calls' share of the rule's CPU seconds.
+
+``--depth 2`` groups by the first two folders instead (``runs/opd``, ``evals/base``: one group per
+run name). ``--before`` names an earlier run's JSON (written at the same depth) and adds a
+before/after table of CPU seconds per group, with their ratio, and the two runs' wall times.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ def warm_ledger(profile: str) -> dict[str, dict]:
     return jobs
 
 
-def collect(profile: str) -> dict[str, dict[str, float]]:
+def group_of(job: str, depth: int) -> str:
+    """The group of a job path (``runs/opd/seed0``): its first ``depth`` folders (at least one)."""
+    parts = job.split("/")
+    return "/".join(parts[: max(1, min(depth, len(parts) - 1))])
+
+
+def collect(profile: str, depth: int = 1) -> dict[str, dict[str, float]]:
     rules: dict[str, dict[str, float]] = defaultdict(
         lambda: {
             "jobs": 0,
@@ -78,9 +89,9 @@ def collect(profile: str) -> dict[str, dict[str, float]]:
                     cpu = float(row.get("cpu_time") or 0.0)
                     value = row.get("max_rss")
                     rss = float(value) if value not in (None, "", "NA", "-") else 0.0
-                add(job.split("/")[0], float(row["s"]), cpu, rss, record)
+                add(group_of(job, depth), float(row["s"]), cpu, rss, record)
     for job, record in sorted(warm.items()):  # jobs without a benchmark file
-        add(job.split("/")[0], record["wall_s"], record["cpu_s"], record["max_rss_mb"], record)
+        add(group_of(job, depth), record["wall_s"], record["cpu_s"], record["max_rss_mb"], record)
     for r in rules.values():
         r["sections_s"] = {k: round(v, 1) for k, v in sorted(r["sections_s"].items())}
         r["model_s"] = round(sum(r["sections_s"].values()), 1)
@@ -99,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON to write (default results/<profile>/workflow_rules.json; pass "
         "benchmarks/<profile>_rules.json to replace the kept record)",
     )
+    parser.add_argument("--depth", type=int, default=1, help="group by this many folders")
+    parser.add_argument("--before", type=Path, default=None, help="an earlier run's JSON")
     args = parser.parse_args(argv)
-    rules = collect(args.profile)
+    before = json.loads(args.before.read_text()) if args.before else None
+    if before is not None and before.get("depth", 1) != args.depth:
+        parser.error(f"--before {args.before} was written with --depth {before.get('depth', 1)}")
+    rules = collect(args.profile, args.depth)
     total_wall = sum(r["wall_s"] for r in rules.values())
     total_cpu = sum(r["cpu_s"] for r in rules.values())
     out = {
         "profile": args.profile,
+        "depth": args.depth,
         "rules": rules,
         "sum_job_wall_s": round(total_wall, 1),
         "sum_job_cpu_s": round(total_cpu, 1),
@@ -117,21 +134,39 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out or ROOT.parent / "results" / args.profile / "workflow_rules.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    head = f"{'rule':16s} {'jobs':>5s} {'warm':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}"
+    w = max([16, *(len(name) for name in rules)])
+    head = f"{'rule':{w}s} {'jobs':>5s} {'warm':>5s} {'wall s':>9s} {'cpu s':>9s} {'peak MB':>9s}"
     print(head + f" {'model s':>9s} {'model %':>8s}")
     for name, r in sorted(rules.items(), key=lambda kv: -kv[1]["wall_s"]):
         share = 100 * r["model_s"] / r["cpu_s"] if r["cpu_s"] else 0.0
         print(
-            f"{name:16s} {r['jobs']:5d} {r['warm_jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f}"
+            f"{name:{w}s} {r['jobs']:5d} {r['warm_jobs']:5d} {r['wall_s']:9.1f} {r['cpu_s']:9.1f}"
             f" {r['max_rss_mb']:9.1f} {r['model_s']:9.1f} {share:7.0f}%"
         )
     total_model = out["sum_job_model_s"]
     share = 100 * total_model / total_cpu if total_cpu else 0.0
     print(
-        f"{'all jobs':16s} {'':11s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}"
+        f"{'all jobs':{w}s} {'':11s} {total_wall:9.1f} {total_cpu:9.1f} {out['max_rss_mb']:9.1f}"
         f" {total_model:9.1f} {share:7.0f}%"
     )
+    if before is not None:
+        print_before_after(before, out)
     return 0
+
+
+def print_before_after(before: dict, after: dict) -> None:
+    """CPU seconds per group in both runs and their ratio; the runs' wall times when known."""
+    print(f"\n{'group':28s} {'cpu s before':>12s} {'cpu s after':>12s} {'ratio':>7s}")
+    old, new = before["rules"], after["rules"]
+    for name in sorted(set(old) | set(new), key=lambda n: -old.get(n, new.get(n))["cpu_s"]):
+        a = old[name]["cpu_s"] if name in old else float("nan")
+        b = new[name]["cpu_s"] if name in new else float("nan")
+        print(f"{name:28s} {a:12.1f} {b:12.1f} {b / a if a else float('nan'):6.2f}x")
+    a, b = before["sum_job_cpu_s"], after["sum_job_cpu_s"]
+    print(f"{'all jobs':28s} {a:12.1f} {b:12.1f} {b / a:6.2f}x")
+    if before.get("run_wall_s") and after.get("run_wall_s"):
+        a, b = before["run_wall_s"], after["run_wall_s"]
+        print(f"{'run wall (s)':28s} {a:12.1f} {b:12.1f} {b / a:6.2f}x")
 
 
 if __name__ == "__main__":

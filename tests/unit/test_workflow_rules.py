@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location(
     "workflow_rules", REPO / "benchmarks/workflow_rules.py"
@@ -68,3 +70,29 @@ def test_model_call_seconds_come_from_the_warm_ledger(tmp_path: Path, monkeypatc
     assert runs["sections_s"] == expected
     assert runs["model_s"] == 102.0
     assert out["rules"]["evals"]["model_s"] == 0.0 and out["sum_job_model_s"] == 102.0
+
+
+def test_groups_by_run_and_compares_with_an_earlier_run(tmp_path: Path, monkeypatch, capsys):
+    bench = tmp_path / "benchmarks"
+    _bench(bench / "mini/runs/opd/seed0.tsv", 10.0, 500.0, 8.0)
+    _bench(bench / "mini/runs/opd/seed1.tsv", 10.0, 500.0, 6.0)
+    _bench(bench / "mini/runs/nft/seed0.tsv", 10.0, 500.0, 20.0)
+    _bench(bench / "mini/teachers/text.tsv", 10.0, 500.0, 5.0)  # one folder: its group is it
+    monkeypatch.setattr(workflow_rules, "ROOT", bench)
+    old = tmp_path / "old.json"
+    assert workflow_rules.main(["--depth", "2", "--wall", "40", "--out", str(old)]) == 0
+    rules = json.loads(old.read_text())["rules"]
+    assert {k: v["cpu_s"] for k, v in rules.items()} == {
+        "runs/opd": 14.0,
+        "runs/nft": 20.0,
+        "teachers": 5.0,
+    }
+    _bench(bench / "mini/runs/nft/seed0.tsv", 10.0, 500.0, 10.0)  # the next run: nft at half
+    capsys.readouterr()
+    args = ["--depth", "2", "--wall", "30", "--before", str(old), "--out", str(tmp_path / "n")]
+    assert workflow_rules.main(args) == 0
+    table = capsys.readouterr().out.split("cpu s before")[1]
+    assert "20.0         10.0   0.50x" in table and "14.0         14.0   1.00x" in table
+    assert "40.0         30.0   0.75x" in table  # the run's wall
+    with pytest.raises(SystemExit):  # a record of another grouping cannot be compared
+        workflow_rules.main(["--depth", "1", "--before", str(old), "--out", str(tmp_path / "x")])
