@@ -73,3 +73,63 @@ def test_default_output_leaves_the_kept_record_alone(tmp_path: Path, monkeypatch
     written = tmp_path / "results/mini/compare_to_reference.json"
     assert '"max_abs_z": 0.0' in written.read_text()
     assert record.read_bytes() == before
+
+
+def _copy_reference(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for name in ("table1.csv", "properties.csv", "world_validation.csv"):
+        (dest / name).write_text((REFERENCE / name).read_text())
+    return dest
+
+
+def _shift(tables: Path, rows: list[str], sigmas: float) -> None:
+    """Move compose of ``rows`` by ``sigmas`` times that row's own noise against the reference."""
+    t = pd.read_csv(tables / "table1.csv")
+    df = compare_tables.compare(pd.read_csv(REFERENCE / "table1.csv"), t).set_index(
+        ["row", "metric"]
+    )
+    for row in rows:
+        t.loc[t["row"] == row, "compose_mean"] += sigmas * df.loc[(row, "compose"), "noise"]
+    t.to_csv(tables / "table1.csv", index=False)
+
+
+def _flip(tables: Path, prop: str, task: str) -> None:
+    p = pd.read_csv(tables / "properties.csv")
+    hit = (p["property"].astype(str) == prop) & (p["task"].fillna("") == task)
+    assert hit.sum() == 1
+    p.loc[hit, "passed"] = ~p.loc[hit, "passed"].astype(bool)
+    p.to_csv(tables / "properties.csv", index=False)
+
+
+def test_a_new_run_is_judged_against_the_control_run(tmp_path: Path) -> None:
+    rows = pd.read_csv(REFERENCE / "table1.csv")["row"].tolist()
+    control, new = _copy_reference(tmp_path / "control"), _copy_reference(tmp_path / "new")
+    out = tmp_path / "cmp.json"
+
+    def run() -> tuple[int, dict]:
+        args = ["--new", str(new), "--control", str(control), "--out", str(out)]
+        code = compare_tables.main(args)
+        return code, __import__("json").loads(out.read_text())
+
+    _shift(control, rows[:3], 2.5)  # chaos alone moves three entries beyond 2
+    _shift(new, rows[:4], 2.5)  # four is within the binomial margin of three
+    code, summary = run()
+    assert code == 0 and summary["control"]["beyond_2"] == 3
+    assert summary["control"]["new_beyond_2"] == 4 and summary["control"]["share_holds"]
+    _shift(new, rows[4:], 2.5)  # every row's compose (11 of 99) against three is not
+    code, summary = run()
+    assert code == 1 and not summary["control"]["share_holds"]
+    assert (len(rows), summary["pairs"], summary["control"]["new_beyond_2"]) == (11, 99, 11)
+    z = (11 - 3) / 99 / math.sqrt((14 / 198) * (1 - 14 / 198) * 2 / 99)
+    assert math.isclose(summary["control"]["z_share"], z, rel_tol=1e-12)
+
+    new = _copy_reference(tmp_path / "new2")
+    _shift(new, rows[:1], 4.5)  # one entry beyond 4 fails whatever the control shows
+    assert run()[0] == 1
+    new = _copy_reference(tmp_path / "new3")
+    _flip(new, "recovery", "aesthetics")  # a verdict the control kept
+    code, summary = run()
+    assert code == 1 and summary["verdicts_changed"] == ["properties.csv: recovery / aesthetics"]
+    _flip(control, "recovery", "aesthetics")  # the control's chaos flips it too
+    code, summary = run()
+    assert code == 0 and summary["control"]["unexplained_verdicts"] == []
