@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     c = summary["control"]
     print(
         f"control run: {c['beyond_2']}/{len(df)} beyond 2 noise units against the new run's "
-        f"{c['new_beyond_2']} (z {c['z_share']:.2f}; holds: {c['share_holds']}); new run beyond 4:"
-        f" {c['new_beyond_4']}; verdicts the control changed: "
+        f"{c['new_beyond_2']} (z {c['z_share']:.2f}; holds: {c['share_holds']}); beyond 4: new run"
+        f" {c['new_beyond_4']}, control {c['beyond_4']}; verdicts the control changed: "
         f"{', '.join(c['verdicts_changed']) or 'none'}; new verdict changes it does not explain: "
         f"{', '.join(c['unexplained_verdicts']) or 'none'}. Holds: {c['holds']}"
     )
@@ -182,6 +182,7 @@ def judge(df: pd.DataFrame, checks: list[dict], reference: Path, control: Path) 
         "tables": str(control),
         "pairs": len(ctl),
         "beyond_2": beyond_ctl,
+        "beyond_4": int((ctl["z"].abs() > 4).sum()),  # the control's own, for scale
         "max_abs_z": float(ctl["z"].abs().max()),
         "new_beyond_2": beyond_new,
         "z_share": z,

@@ -125,7 +125,9 @@ def test_a_new_run_is_judged_against_the_control_run(tmp_path: Path) -> None:
 
     new = _copy_reference(tmp_path / "new2")
     _shift(new, rows[:1], 4.5)  # one entry beyond 4 fails whatever the control shows
-    assert run()[0] == 1
+    code, summary = run()
+    assert code == 1 and summary["control"]["new_beyond_4"] == 1
+    assert summary["control"]["beyond_4"] == 0 and summary["control"]["share_holds"]
     new = _copy_reference(tmp_path / "new3")
     _flip(new, "recovery", "aesthetics")  # a verdict the control kept
     code, summary = run()
