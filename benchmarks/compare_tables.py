@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    df = compare(pd.read_csv(args.reference / "table1.csv"), pd.read_csv(args.new / "table1.csv"))
+    ref_table = pd.read_csv(args.reference / "table1.csv")
+    df = compare(ref_table, pd.read_csv(args.new / "table1.csv"))
     worst = df.loc[df["z"].abs().idxmax()]
     checks = verdicts(args.reference, args.new)
     summary = {
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": df.to_dict(orient="records"),
     }
     if args.control is not None:
-        summary["control"] = judge(df, checks, args.reference, args.control)
+        summary["control"] = judge(
+            df, summary["verdicts_changed"], ref_table, args.reference, args.control
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     table = df.pivot(index="row", columns="metric", values="z").reindex(columns=list(METRICS))
@@ -168,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if c["holds"] else 1
 
 
-def judge(df: pd.DataFrame, checks: list[dict], reference: Path, control: Path) -> dict:
-    """The new run (``df``, its property ``checks``) against the control run, both compared
-    with the reference."""
-    ctl = compare(pd.read_csv(reference / "table1.csv"), pd.read_csv(control / "table1.csv"))
+def judge(
+    df: pd.DataFrame,
+    new_changed: list[str],
+    ref_table: pd.DataFrame,
+    reference: Path,
+    control: Path,
+) -> dict:
+    """The new run (``df``, the verdicts it changed) against the control run, both compared with
+    the reference (its Table 1 ``ref_table``, its property checks in ``reference``)."""
+    ctl = compare(ref_table, pd.read_csv(control / "table1.csv"))
     n = len(df)
     beyond_new, beyond_ctl = int((df["z"].abs() > 2).sum()), int((ctl["z"].abs() > 2).sum())
     z = against_control(n, beyond_new, beyond_ctl)
     ctl_changed = changed(verdicts(reference, control))
-    unexplained = [v for v in changed(checks) if v not in ctl_changed]
+    unexplained = [v for v in new_changed if v not in ctl_changed]
     beyond_4 = int((df["z"].abs() > 4).sum())
     return {
         "tables": str(control),
