@@ -1,11 +1,12 @@
 """Compiling a model's transformer with ``torch.compile``, or keeping eager mode where that fails.
 
-Both pretraining (``base.compile``) and every job that loads the base (``model.compile``) compile
-the transformer in place through :func:`maybe_compile`: parameter names and state dicts stay as
-they are, so checkpoints and adapters are unchanged. Compiled kernels round in another order than
-eager ones (same accuracy against float64: docs/PERFORMANCE.md). Where the default backend cannot
-build kernels (a CPU without a C++ compiler), :func:`compiler_works` says so and the module stays
-eager, with a warning naming the config option.
+Both pretraining (``base.compile``) and every training job that loads the base (``model.compile``;
+evaluations stay eager) compile the transformer in place through :func:`maybe_compile`:
+parameter names and state dicts stay as they are, so checkpoints and adapters are unchanged.
+Compiled kernels round in another order than eager ones (same accuracy against float64:
+docs/PERFORMANCE.md). Where the default backend cannot build kernels (a CPU without a C++
+compiler), :func:`compiler_works` says so and the module stays eager, with a warning naming the
+config option.
 """
 
 from __future__ import annotations

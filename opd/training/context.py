@@ -135,12 +135,17 @@ def load_prompts(task: str, split: str, profile: dict[str, Any]) -> tuple[list[s
     return load_prompt_file(source, split, profile)
 
 
-def load_base_model(profile: dict[str, Any], source: dict[str, Any] | None = None) -> Any:
+def load_base_model(
+    profile: dict[str, Any], source: dict[str, Any] | None = None, *, train: bool = False
+) -> Any:
     """The profile's base model (``paths.base``), with its feed-forward GELU in the form
     ``model.ff_gelu`` names when set (e.g. ``exact`` for a base pretrained in SD3's tanh form:
-    cheaper on x86 CPUs; see docs/PERFORMANCE.md), and compiled in place with
-    ``model.compile`` (the same numbers within float32 rounding, about 0.7x the time per call on
-    the mini model after a few seconds of compiling).
+    cheaper on x86 CPUs; see docs/PERFORMANCE.md). For training (``train``, the context of a
+    teacher or a run) it is compiled in place with ``model.compile``: the same numbers within
+    float32 rounding, about 0.7x the time per call on the mini model after 13-90 s of compiling.
+    Evaluations and analyses load it eager: they make a few hundred calls in several batch
+    shapes, each a compile of its own: compiled, they took 1.1-3.5x their eager CPU seconds
+    in a whole mini run (the gradient-variance analysis 9x).
 
     ``source`` (``{hub, revision}``, e.g. ``released.base``) loads that SD3 pipeline instead, a
     hub id through the huggingface_hub cache, with the profile's ``model.sd3`` options and
@@ -159,7 +164,7 @@ def load_base_model(profile: dict[str, Any], source: dict[str, Any] | None = Non
     )
     if model_cfg.get("ff_gelu") and not source:
         set_ff_gelu(model.transformer, model_cfg["ff_gelu"])
-    if model_cfg.get("compile"):  # every call through inductor (docs/PERFORMANCE.md)
+    if train and model_cfg.get("compile"):  # every call through inductor (docs/PERFORMANCE.md)
         maybe_compile(model.transformer, True, option="model.compile")
     return model
 
@@ -175,7 +180,7 @@ def build_context(
     """The run context of ``profile``: each task's prompts and reward, and ``teachers`` (task ->
     adapter folder) loaded as frozen adapters. A teacher is queried at the CFG scale it trained
     with (:func:`~opd.training.base.run_guidance` of ``teacher_<task>``)."""
-    model = model if model is not None else load_base_model(profile)
+    model = model if model is not None else load_base_model(profile, train=True)
     tasks: dict[str, TaskData] = {}
     for name, spec in profile["tasks"].items():
         prompts, metadata = load_prompts(name, "train", profile)

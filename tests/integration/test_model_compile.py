@@ -1,6 +1,6 @@
-"""``model.compile``: every job after pretraining can run the base's transformer through
-torch.compile; the compiled calls must compute what the eager ones do, up to float32 rounding
-(judged against the same call in float64)."""
+"""``model.compile``: every training job after pretraining can run the base's transformer
+through torch.compile (evaluations stay eager); the compiled calls must compute what the eager
+ones do, up to float32 rounding (judged against the same call in float64)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,23 @@ from opd.training.base import STUDENT
 
 
 def test_model_compile_loads_a_compiled_base_as_accurate_as_the_eager_one(smoke_stage1) -> None:
-    """``model.compile``: every job's base runs through torch.compile; against the same CFG
-    call in float64, its velocity is as close as the eager float32 one (within 4x: both are
-    float32 roundings, summed in another order), with the student adapter switched on."""
+    """``model.compile``: a training job's base runs through torch.compile, an evaluation's
+    stays eager; against the same CFG call in float64, the compiled velocity is as close as the
+    eager float32 one (within 4x: both are float32 roundings, summed in another order), with the
+    student adapter switched on."""
     from opd.models.compile import compiler_works
     from opd.training.context import load_base_model
 
     if not compiler_works():
         pytest.skip("torch.compile cannot build kernels on this machine")
     cfg = copy.deepcopy(smoke_stage1)
-    eager = load_base_model(cfg)
+    eager = load_base_model(cfg, train=True)
     cfg["model"]["compile"] = True
-    compiled = load_base_model(cfg)
+    compiled = load_base_model(cfg, train=True)
+    evaluation = load_base_model(cfg)
     assert getattr(compiled.transformer, "_compiled_call_impl", None) is not None
-    assert getattr(eager.transformer, "_compiled_call_impl", None) is None
+    for model in (eager, evaluation):
+        assert getattr(model.transformer, "_compiled_call_impl", None) is None
     for model in (eager, compiled):
         model.add_adapter(STUDENT, rank=4, alpha=8, init="gaussian", seed=3)
     gen = torch.Generator().manual_seed(0)
