@@ -237,6 +237,8 @@ class Bench:
                 "progress": False,
                 "paths": {"results": str(root)},  # world/, scorers/, base/ below it
                 "scorer_training": learned,
+                # eager calls: the compile section compiles its own copy to compare with them
+                "model": {"compile": False},
             },
         )
         self._build_stage1()
