@@ -754,7 +754,7 @@ def run_benchmark(
     under_bar += [s for s in res.get("steps", []) if s["name"] == "opd"]
     if "comparison" in res:
         under_bar.append(res["comparison"]["rows"][0])
-    worst = max((r["ratio"] for r in under_bar), default=float("nan"))
+    worst = max((r["ratio"] for r in under_bar), default=None)  # None: no section measures it
     command = "python benchmarks/step_cost.py" + (" --quick" if quick else "")
     if profile != ("smoke" if quick else "mini"):
         command += f" --profile {profile}"
@@ -784,7 +784,7 @@ def run_benchmark(
         "what": "rollouts and the OPD step: best real / best bare seconds",
         "profile": profile,
         "max_ratio": worst,
-        "passed": bool(worst <= BAR),
+        "passed": None if worst is None else bool(worst <= BAR),
     }
     return {"meta": meta, "acceptance": acceptance, **res}
 
@@ -819,10 +819,13 @@ def format_table(res: dict[str, Any]) -> str:
             f"{r['ratio']:>8.3f}{r['ratio_median']:>8.3f}{r['ratio_with_scorer']:>9.3f}"
         )
     acc = res["acceptance"]
-    lines.append(
-        f"acceptance (rollouts, opd step, {acc['profile']} profile): max ratio "
-        f"{acc['max_ratio']:.3f}, bar {acc['bar']}: " + ("passed" if acc["passed"] else "FAILED")
+    verdict = (
+        "not measured (run the rollout, steps or comparison section)"
+        if acc["passed"] is None
+        else f"max ratio {acc['max_ratio']:.3f}, bar {acc['bar']}: "
+        + ("passed" if acc["passed"] else "FAILED")
     )
+    lines.append(f"acceptance (rollouts, opd step, {acc['profile']} profile): {verdict}")
     if "comparison" in res:
         cmp_ = res["comparison"]
         lines += ["", f"per optimizer step at {cmp_['samples_per_step']} rollout samples:"]

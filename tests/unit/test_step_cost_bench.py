@@ -107,3 +107,23 @@ def test_compiled_transformer_gives_the_eager_velocity(tmp_path: Path) -> None:
     )
     for k in ("forward", "forward_backward"):
         assert co[k]["eager_s"] > 0 and co[k]["compiled_s"] > 0
+
+
+def test_acceptance_without_its_sections_is_not_measured() -> None:
+    """A run of sections that time no rollout or step (``--sections compile``) says its
+    acceptance was not measured, rather than printing a NaN ratio as a failure."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("step_cost_bench_module", SCRIPT)
+    step_cost = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = step_cost  # its dataclasses look their module up there
+    spec.loader.exec_module(step_cost)
+    meta = {"profile": "mini", "command": "python benchmarks/step_cost.py --sections compile"}
+    acc = {"bar": 1.15, "profile": "mini", "max_ratio": None, "passed": None}
+    text = step_cost.format_table({"meta": meta, "acceptance": acc})
+    assert "not measured" in text and "FAILED" not in text
+    acc.update(max_ratio=1.2, passed=False)
+    assert "max ratio 1.200, bar 1.15: FAILED" in step_cost.format_table(
+        {"meta": meta, "acceptance": acc}
+    )
