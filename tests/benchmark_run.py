@@ -1,12 +1,15 @@
-"""Run a ``benchmarks/`` script in a one-thread subprocess, as its tests do, and read its JSON."""
+"""Run a ``benchmarks/`` script in a one-thread subprocess, as its tests do, and read its JSON;
+or import one as a module, to test its functions."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +29,14 @@ def run_benchmark(
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, json.loads(Path(out).read_text())
+
+
+def load_script(script: Path) -> ModuleType:
+    """The ``benchmarks/`` script ``script`` imported as a module named after its file
+    (registered in ``sys.modules``: dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    assert spec is not None and spec.loader is not None, script
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,16 +4,14 @@ block fails here."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
+from tests.benchmark_run import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("readme_table", REPO / "benchmarks/readme_table.py")
-assert spec and spec.loader
-readme_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(readme_table)
+readme_table = load_script(REPO / "benchmarks/readme_table.py")
 
 
 def test_the_readme_shows_the_reference_table_1() -> None:

@@ -3,19 +3,16 @@ and its exit status on the kept reference (identical tables pass, a shifted row 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from tests.benchmark_run import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "benchmarks" / "reference" / "mini"
-spec = importlib.util.spec_from_file_location(
-    "compare_tables", REPO / "benchmarks/compare_tables.py"
-)
-compare_tables = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_tables)
+compare_tables = load_script(REPO / "benchmarks/compare_tables.py")
 
 
 def test_z_is_the_difference_over_the_standard_error_of_two_seed_means() -> None:

@@ -4,13 +4,11 @@ the tiny model and on the full SD3.5-Medium shape (meta tensors: shapes only, no
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.benchmark_run import run_benchmark
+from tests.benchmark_run import load_script, run_benchmark
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -20,11 +18,7 @@ SCRIPT = ROOT / "benchmarks" / "cuda_opd_step.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("cuda_opd_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.slow

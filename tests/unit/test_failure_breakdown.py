@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.benchmark_run import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "failure_breakdown", REPO / "benchmarks/failure_breakdown.py"
-)
-failure_breakdown = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(failure_breakdown)
+failure_breakdown = load_script(REPO / "benchmarks/failure_breakdown.py")
 
 
 def test_text_breakdown_sorts_readings_into_right_partner_and_other() -> None:

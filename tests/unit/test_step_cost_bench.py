@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmark_run import run_benchmark
+from tests.benchmark_run import load_script, run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "step_cost.py"
@@ -112,13 +112,7 @@ def test_compiled_transformer_gives_the_eager_velocity(tmp_path: Path) -> None:
 def test_acceptance_without_its_sections_is_not_measured() -> None:
     """A run of sections that time no rollout or step (``--sections compile``) says its
     acceptance was not measured, rather than printing a NaN ratio as a failure."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("step_cost_bench_module", SCRIPT)
-    step_cost = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = step_cost  # its dataclasses look their module up there
-    spec.loader.exec_module(step_cost)
+    step_cost = load_script(SCRIPT)
     meta = {"profile": "mini", "command": "python benchmarks/step_cost.py --sections compile"}
     acc = {"bar": 1.15, "profile": "mini", "max_ratio": None, "passed": None}
     text = step_cost.format_table({"meta": meta, "acceptance": acc})

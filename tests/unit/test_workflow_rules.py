@@ -3,18 +3,15 @@ run by default so that the kept records under benchmarks/ change only when asked
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.benchmark_run import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "workflow_rules", REPO / "benchmarks/workflow_rules.py"
-)
-workflow_rules = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(workflow_rules)
+workflow_rules = load_script(REPO / "benchmarks/workflow_rules.py")
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
